@@ -1,0 +1,666 @@
+"""The README walkthrough as tests: sign up, log in, call the protected routes, and everything that must fail.
+
+Every test gets empty tables in a throwaway database: a temporary SQLite file,
+or the PostgreSQL database named by TEST_DATABASE_URL. The developer's auth.db is never touched.
+"""
+
+import base64
+import json
+import os
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from urllib.parse import urljoin
+
+import bcrypt
+import pytest
+
+PROJECT = Path(__file__).resolve().parent
+TEST_DATABASE_URL = os.getenv("TEST_DATABASE_URL")
+TEMP_DIR = tempfile.TemporaryDirectory(prefix="auth-demo-tests-")
+os.environ["DATABASE_URL"] = TEST_DATABASE_URL or f"sqlite:///{TEMP_DIR.name}/test.db"
+os.environ["SECRET_KEY"] = "test-key-made-per-run-" + secrets.token_hex(16)
+os.environ["BCRYPT_ROUNDS"] = "4"
+for name in ("ALGORITHM", "ACCESS_TOKEN_EXPIRE_MINUTES"):
+    os.environ.pop(name, None)
+
+import auth  # noqa: E402
+import database  # noqa: E402
+import main  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+from jose import jwt  # noqa: E402
+from passlib.context import CryptContext  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
+from sqlalchemy.orm import Session  # noqa: E402
+
+from models import User  # noqa: E402
+
+postgres_only = pytest.mark.skipif(
+    not TEST_DATABASE_URL,
+    reason="needs PostgreSQL: run with TEST_DATABASE_URL=postgresql://user:password@host/dbname "
+    "(bash .ci/postgres start prints one)",
+)
+sqlite_only = pytest.mark.skipif(bool(TEST_DATABASE_URL), reason="checks SQLite settings")
+
+PASSWORD = "correct horse"
+
+
+@pytest.fixture(autouse=True)
+def fresh_database():
+    database.Base.metadata.drop_all(database.engine)
+    database.Base.metadata.create_all(database.engine)
+
+
+@pytest.fixture
+def client():
+    with TestClient(main.app) as client:
+        yield client
+
+
+@pytest.fixture
+def bcrypt_runs(monkeypatch):
+    """Count the times bcrypt itself runs (passlib calls bcrypt.hashpw to hash and to verify)."""
+    runs = []
+    real_hashpw = bcrypt.hashpw
+
+    def counting_hashpw(password, salt):
+        runs.append(password)
+        return real_hashpw(password, salt)
+
+    monkeypatch.setattr(bcrypt, "hashpw", counting_hashpw)
+    return runs
+
+
+def sign_up(client, username="alice", password=PASSWORD):
+    return client.post("/auth/", json={"username": username, "password": password})
+
+
+def log_in(client, username="alice", password=PASSWORD):
+    return client.post("/auth/token", data={"username": username, "password": password})
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def token_for(client, username="alice", password=PASSWORD):
+    assert sign_up(client, username, password).status_code == 201
+    return log_in(client, username, password).json()["access_token"]
+
+
+def count_users():
+    with Session(database.engine) as session:
+        return session.scalar(select(func.count()).select_from(User))
+
+
+def stored_hash(username):
+    with Session(database.engine) as session:
+        return session.scalar(select(User.hashed_password).where(User.username == username))
+
+
+def run_python(code, **env_changes):
+    """Run code in a new Python process with these environment changes (None removes a variable)."""
+    env = {**os.environ, **env_changes}
+    env = {name: value for name, value in env.items() if value is not None}
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=PROJECT, capture_output=True, text=True, timeout=60
+    )
+
+
+def b64(data: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def claims_for(user_id=1, username="alice", **changes):
+    now = datetime.now(timezone.utc)
+    claims = {"sub": username, "id": user_id, "iat": now, "exp": now + timedelta(minutes=5), **changes}
+    return {name: value for name, value in claims.items() if value is not None}
+
+
+# Sign up
+
+
+def test_sign_up_returns_201_with_id_and_username_only(client):
+    response = sign_up(client)
+
+    assert response.status_code == 201
+    assert response.json() == {"id": 1, "username": "alice"}
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "rule"),
+    [
+        ({"username": "al", "password": PASSWORD}, "username", "string_too_short"),
+        ({"username": "a" * 65, "password": PASSWORD}, "username", "string_too_long"),
+        ({"username": "alice smith", "password": PASSWORD}, "username", "string_pattern_mismatch"),
+        ({"username": "' OR 1=1 --", "password": PASSWORD}, "username", "string_pattern_mismatch"),
+        ({"username": "alice", "password": "short"}, "password", "string_too_short"),
+        ({"username": "alice", "password": "€" * 25}, "password", "value_error"),
+        ({"username": "alice", "password": "a" * 73}, "password", "string_too_long"),
+        ({"username": "alice"}, "password", "missing"),
+        ({"password": PASSWORD}, "username", "missing"),
+        ({"username": 12345, "password": PASSWORD}, "username", "string_type"),
+        ({"username": "alice", "password": ["not", "a", "string"]}, "password", "string_type"),
+        ({"username": "alice", "password": PASSWORD, "is_admin": True}, "is_admin", "extra_forbidden"),
+    ],
+)
+def test_sign_up_refuses_invalid_input_with_the_rule_that_failed(client, body, field, rule):
+    response = client.post("/auth/", json=body)
+
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", field]
+    assert error["type"] == rule
+    assert error["msg"]
+    assert count_users() == 0
+
+
+def test_password_over_72_bytes_says_why(client):
+    response = sign_up(client, password="€" * 25)
+
+    assert "at most 72 bytes" in response.json()["detail"][0]["msg"]
+
+
+def test_duplicate_username_returns_409(client):
+    sign_up(client)
+
+    response = sign_up(client, password="another password")
+
+    assert response.status_code == 409
+    assert response.json() == {"detail": "Username already registered"}
+    assert count_users() == 1
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("caf\u00e9", "cafe\u0301"),  # composed and decomposed é
+        ("alice", "\uff41\uff4c\uff49\uff43\uff45"),  # full-width letters
+    ],
+)
+def test_look_alike_usernames_are_one_account(client, first, second):
+    assert sign_up(client, first).status_code == 201
+
+    assert sign_up(client, second).status_code == 409
+    assert log_in(client, second).status_code == 200
+
+
+@pytest.mark.parametrize("username", ["Ωmega", "日本語", "हिन्दी", "o.neil", "a_b-c.d"])
+def test_letters_of_any_script_are_allowed(client, username):
+    response = sign_up(client, username)
+
+    assert response.status_code == 201
+    assert response.json()["username"] == username
+
+
+def test_passwords_are_used_exactly_as_typed(client):
+    sign_up(client, password=" ｐａｓｓｗｏｒｄ ")
+
+    assert log_in(client, password="password").status_code == 401
+    assert log_in(client, password="ｐａｓｓｗｏｒｄ").status_code == 401
+    assert log_in(client, password=" ｐａｓｓｗｏｒｄ ").status_code == 200
+
+
+# Log in
+
+
+def test_log_in_returns_a_bearer_token_with_the_expected_claims(client):
+    sign_up(client)
+    before = int(time.time())
+
+    response = log_in(client)
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["token_type"] == "bearer"
+    claims = jwt.decode(body["access_token"], auth.SECRET_KEY, algorithms=["HS256"])
+    assert claims["sub"] == "alice"
+    assert claims["id"] == 1
+    assert before <= claims["iat"] <= int(time.time())
+    assert claims["exp"] - claims["iat"] == 30 * 60
+
+
+def test_wrong_password_and_unknown_user_get_identical_401s(client):
+    sign_up(client)
+
+    wrong_password = log_in(client, password="not the password")
+    unknown_user = log_in(client, username="nobody")
+
+    for response in (wrong_password, unknown_user):
+        assert response.status_code == 401
+        assert response.json() == {"detail": "Incorrect username or password"}
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert wrong_password.headers == unknown_user.headers
+
+
+def test_wrong_password_and_unknown_user_each_run_bcrypt_exactly_once(client, bcrypt_runs):
+    sign_up(client)
+    bcrypt_runs.clear()
+
+    log_in(client, password="not the password")
+    assert len(bcrypt_runs) == 1
+
+    log_in(client, username="nobody")
+    assert len(bcrypt_runs) == 2
+
+
+def test_over_long_password_at_login_is_a_plain_401_without_running_bcrypt(client, bcrypt_runs):
+    sign_up(client)
+    bcrypt_runs.clear()
+
+    response = log_in(client, password=PASSWORD + "x" * 72)
+
+    assert response.status_code == 401
+    assert response.json() == {"detail": "Incorrect username or password"}
+    assert bcrypt_runs == []
+
+
+def test_passwords_sharing_their_first_72_bytes_cannot_both_log_in(client):
+    password = "p" * 72
+    sign_up(client, password=password)
+
+    assert log_in(client, password=password + "!").status_code == 401
+    assert log_in(client, password=password).status_code == 200
+
+
+def test_stored_hash_is_upgraded_at_login_when_the_cost_rises(client, monkeypatch):
+    sign_up(client)
+    assert stored_hash("alice").startswith("$2b$04$")
+
+    monkeypatch.setattr(auth, "password_context", CryptContext(schemes=["bcrypt"], deprecated="auto", bcrypt__rounds=5))
+    assert log_in(client).status_code == 200
+
+    assert stored_hash("alice").startswith("$2b$05$")
+    assert log_in(client).status_code == 200
+
+
+def test_sql_in_a_login_username_is_plain_text(client):
+    sign_up(client)
+
+    response = log_in(client, username="' OR 1=1 --")
+
+    assert response.status_code == 401
+    assert count_users() == 1
+
+
+# Protected routes
+
+
+def test_greeting_with_a_valid_token(client):
+    token = token_for(client)
+
+    response = client.get("/", headers=bearer(token))
+
+    assert response.status_code == 200
+    assert response.json() == {"message": "Hello, alice with ID: 1!"}
+
+
+def test_users_me_with_a_valid_token(client):
+    token = token_for(client)
+
+    response = client.get("/users/me", headers=bearer(token))
+
+    assert response.status_code == 200
+    assert response.json() == {"id": 1, "username": "alice"}
+
+
+BAD_AUTHORIZATION_HEADERS = {
+    "no header": None,
+    "Bearer without a token": "Bearer ",
+    "Basic credentials": "Basic " + base64.b64encode(b"alice:correct horse").decode(),
+    "garbage": "Bearer not-a-token",
+    "bad base64": "Bearer !!!.@@@.###",
+    "bad JSON inside": "Bearer " + base64.urlsafe_b64encode(b"{not json").decode() + ".e30.c2ln",
+    "alg none": "Bearer " + b64({"alg": "none", "typ": "JWT"}) + "." + b64({"sub": "alice", "id": 1, "exp": 2**40}) + ".",
+}
+
+
+@pytest.mark.parametrize("header", BAD_AUTHORIZATION_HEADERS.values(), ids=BAD_AUTHORIZATION_HEADERS.keys())
+@pytest.mark.parametrize("path", ["/", "/users/me"])
+def test_bad_authorization_header_gets_401(client, path, header):
+    token_for(client)
+
+    response = client.get(path, headers={"Authorization": header} if header else {})
+
+    assert response.status_code == 401
+    assert response.json() == {"detail": "Could not validate credentials"}
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def tampered(token):
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    claims["sub"] = "mallory"
+    return f"{header}.{b64(claims)}.{signature}"
+
+
+BAD_TOKENS = {
+    "tampered payload": lambda token: tampered(token),
+    "signed with another key": lambda token: jwt.encode(claims_for(), "another-key-" + "x" * 32, algorithm="HS256"),
+    "another HMAC algorithm": lambda token: jwt.encode(claims_for(), auth.SECRET_KEY, algorithm="HS512"),
+    "expired": lambda token: jwt.encode(
+        claims_for(exp=datetime.now(timezone.utc) - timedelta(seconds=1)), auth.SECRET_KEY, algorithm="HS256"
+    ),
+    "without exp": lambda token: jwt.encode(claims_for(exp=None), auth.SECRET_KEY, algorithm="HS256"),
+    "without sub": lambda token: jwt.encode(claims_for(username=None), auth.SECRET_KEY, algorithm="HS256"),
+    "without id": lambda token: jwt.encode(claims_for(user_id=None), auth.SECRET_KEY, algorithm="HS256"),
+    "for a user who never existed": lambda token: jwt.encode(
+        claims_for(user_id=999, username="ghost"), auth.SECRET_KEY, algorithm="HS256"
+    ),
+    "whose sub does not match the id": lambda token: jwt.encode(
+        claims_for(username="bob"), auth.SECRET_KEY, algorithm="HS256"
+    ),
+}
+
+
+@pytest.mark.parametrize("make_token", BAD_TOKENS.values(), ids=BAD_TOKENS.keys())
+def test_bad_token_gets_401(client, make_token):
+    token = token_for(client)
+
+    response = client.get("/", headers=bearer(make_token(token)))
+
+    assert response.status_code == 401
+    assert response.json() == {"detail": "Could not validate credentials"}
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_token_of_a_deleted_user_gets_401(client):
+    token = token_for(client)
+    with Session(database.engine) as session:
+        session.delete(session.scalar(select(User)))
+        session.commit()
+
+    response = client.get("/", headers=bearer(token))
+
+    assert response.status_code == 401
+
+
+def test_openapi_declares_the_password_flow_at_auth_token(client):
+    schema = client.get("/openapi.json").json()
+
+    [scheme] = schema["components"]["securitySchemes"].values()
+    token_url = scheme["flows"]["password"]["tokenUrl"]
+    assert urljoin("http://testserver/docs", token_url) == "http://testserver/auth/token"
+    assert schema["paths"]["/"]["get"]["security"] == [{"OAuth2PasswordBearer": []}]
+    assert client.get("/docs").status_code == 200
+
+
+# Bad input
+
+
+def test_one_megabyte_username_or_password_is_refused_before_hashing(client, bcrypt_runs):
+    huge = "a" * 1_000_000
+
+    assert sign_up(client, username=huge).status_code == 422
+    assert sign_up(client, password=huge).status_code == 422
+    assert bcrypt_runs == []
+    assert log_in(client, password=huge).status_code == 401
+    assert bcrypt_runs == []
+
+
+@pytest.mark.parametrize(
+    ("path", "request_options"),
+    [
+        ("/auth/", {"content": b'{"username": "alice", ', "headers": {"Content-Type": "application/json"}}),
+        ("/auth/", {"data": {"username": "alice", "password": PASSWORD}}),
+        ("/auth/token", {"json": {"username": "alice", "password": PASSWORD}}),
+        ("/auth/token", {"data": {"username": "alice"}}),
+    ],
+    ids=["malformed JSON", "form sent to the JSON endpoint", "JSON sent to the form endpoint", "missing password"],
+)
+def test_malformed_requests_get_422_with_a_detail(client, path, request_options):
+    response = client.post(path, **request_options)
+
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["msg"]
+
+
+def test_passwords_and_hashes_never_appear_in_answers_or_logs(client, caplog):
+    caplog.set_level("DEBUG")
+    secret = "my-secret-password"
+    answers = [
+        sign_up(client, password=secret),
+        sign_up(client, password=secret),
+        sign_up(client, username="al", password=secret),
+        sign_up(client, password=secret + "€" * 30),
+        log_in(client, password=secret),
+        log_in(client, password=secret + "-wrong"),
+    ]
+    token = answers[4].json()["access_token"]
+    answers += [client.get("/", headers=bearer(token)), client.get("/users/me", headers=bearer(token))]
+
+    hashed = stored_hash("alice")
+    for text in [answer.text for answer in answers] + [caplog.text]:
+        assert secret not in text
+        assert hashed not in text
+        assert hashed[7:29] not in text  # the salt
+
+
+# Concurrency, faults and restarts
+
+
+def test_concurrent_duplicate_signups_give_exactly_one_account(client):
+    start = threading.Barrier(20)
+
+    def attempt(number):
+        start.wait()
+        return number, sign_up(client, "racer", f"password-{number}").status_code
+
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(attempt, range(20)))
+
+    statuses = sorted(status for _, status in results)
+    assert statuses == [201] + [409] * 19
+    [winner] = [number for number, status in results if status == 201]
+    assert log_in(client, "racer", f"password-{winner}").status_code == 200
+    assert log_in(client, "racer", f"password-{(winner + 1) % 20}").status_code == 401
+    assert count_users() == 1
+
+
+def test_concurrent_distinct_signups_lose_nobody(client):
+    def sign_up_ten(thread):
+        return [sign_up(client, f"user-{thread}-{number}").status_code for number in range(10)]
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = [status for batch in pool.map(sign_up_ten, range(8)) for status in batch]
+
+    assert statuses == [201] * 80
+    assert count_users() == 80
+
+
+def test_a_failed_request_leaves_no_lock_and_no_half_written_user(monkeypatch):
+    def flush_then_fail(session):
+        session.flush()
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(Session, "commit", flush_then_fail)
+    with TestClient(main.app, raise_server_exceptions=False) as client:
+        assert sign_up(client).status_code == 500
+    monkeypatch.undo()
+
+    assert database.engine.pool.checkedout() == 0
+    assert count_users() == 0
+    with TestClient(main.app) as client:
+        assert sign_up(client, "bob").status_code == 201
+
+
+def test_login_hashing_does_not_hold_up_other_requests(client, monkeypatch):
+    token = token_for(client, "bob")
+    hashing, may_finish = threading.Event(), threading.Event()
+    real_verify = auth.password_context.verify_and_update
+
+    def slow_verify(*args, **kwargs):
+        hashing.set()
+        may_finish.wait(timeout=10)
+        return real_verify(*args, **kwargs)
+
+    monkeypatch.setattr(auth.password_context, "verify_and_update", slow_verify)
+    with ThreadPoolExecutor(2) as pool:
+        login = pool.submit(log_in, client, "bob")
+        assert hashing.wait(timeout=10)
+        greeting = pool.submit(client.get, "/", headers=bearer(token))
+        answered_while_hashing = greeting.result(timeout=5).status_code
+        may_finish.set()
+        assert login.result(timeout=10).status_code == 200
+    assert answered_while_hashing == 200
+
+
+RESTARTED_APP = """
+import os
+from fastapi.testclient import TestClient
+import main
+with TestClient(main.app) as client:
+    greeting = client.get("/", headers={"Authorization": "Bearer " + os.environ["TOKEN"]})
+    login = client.post("/auth/token", data={"username": "alice", "password": "correct horse"})
+    print(greeting.status_code, login.status_code)
+"""
+
+
+def test_users_and_tokens_survive_a_restart(client):
+    token = token_for(client)
+
+    restarted = run_python(RESTARTED_APP, TOKEN=token)
+
+    assert restarted.stdout.split() == ["200", "200"], restarted.stderr
+
+
+# Configuration
+
+
+def test_without_secret_key_each_process_makes_its_own_and_warns():
+    code = "import auth; print(auth.SECRET_KEY)"
+    first, second = run_python(code, SECRET_KEY=None), run_python(code, SECRET_KEY=None)
+
+    assert first.returncode == second.returncode == 0
+    assert len(first.stdout.strip()) >= 32
+    assert first.stdout != second.stdout
+    assert "SECRET_KEY is not set" in first.stderr
+    assert len(first.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("ACCESS_TOKEN_EXPIRE_MINUTES", "soon", "ACCESS_TOKEN_EXPIRE_MINUTES must be a whole number"),
+        ("ACCESS_TOKEN_EXPIRE_MINUTES", "0", "ACCESS_TOKEN_EXPIRE_MINUTES must be a whole number"),
+        ("SECRET_KEY", "too-short", "SECRET_KEY must be at least 32 characters"),
+        ("ALGORITHM", "RS256", "ALGORITHM must be HS256, HS384 or HS512"),
+        ("BCRYPT_ROUNDS", "3", "BCRYPT_ROUNDS must be a whole number from 4 to 31"),
+        ("DATABASE_URL", "not a url", "DATABASE_URL is not a database URL"),
+        ("DATABASE_URL", "postgresql://user:hunter2hunter2@host:port/db", "DATABASE_URL is not a database URL"),
+        ("DATABASE_URL", "nosuchdb://user:hunter2hunter2@host/db", "SQLAlchemy knows no database called 'nosuchdb'"),
+        ("DATABASE_URL", "mysql://user:hunter2hunter2@host/db", "the driver for 'mysql' is not installed"),
+    ],
+)
+def test_bad_setting_stops_start_up_with_one_line(variable, value, message):
+    result = run_python("import main", **{variable: value})
+
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert message in result.stderr
+    assert "hunter2" not in result.stderr
+
+
+def test_port_setting_is_checked():
+    result = run_python("import runpy; runpy.run_path('main.py', run_name='__main__')", PORT="eighty")
+
+    assert result.returncode == 1
+    assert "PORT must be a whole number from 1 to 65535" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgres://me:pw@db.example.com/app", "postgresql://me:pw@db.example.com/app", "postgresql+psycopg://me:pw@db.example.com/app"],
+)
+def test_hosting_provider_postgres_urls_use_psycopg_3(url):
+    parsed = database.parse_database_url(url)
+
+    assert parsed.drivername == "postgresql+psycopg"
+    assert (parsed.username, parsed.password, parsed.host, parsed.database) == ("me", "pw", "db.example.com", "app")
+
+
+def test_sqlite_urls_are_kept_as_they_are():
+    assert database.parse_database_url("sqlite:///./auth.db").drivername == "sqlite"
+
+
+@sqlite_only
+def test_sqlite_waits_for_the_writer_lock_and_uses_wal():
+    with database.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
+
+
+@postgres_only
+def test_postgres_engine_uses_psycopg_3_and_pings_connections():
+    assert database.engine.dialect.driver == "psycopg"
+    assert database.engine.pool._pre_ping is True
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+ACCESS_LOG_WITH_PROCESS_ID = {
+    "version": 1,
+    "formatters": {"access": {"()": "uvicorn.logging.AccessFormatter", "fmt": "%(process)d %(request_line)s %(status_code)s"}},
+    "handlers": {"access": {"class": "logging.StreamHandler", "formatter": "access", "stream": "ext://sys.stdout"}},
+    "loggers": {"uvicorn.access": {"handlers": ["access"], "level": "INFO", "propagate": False}},
+}
+
+
+@postgres_only
+def test_two_workers_share_tokens_and_allow_one_account_per_name():
+    import httpx2
+
+    database.Base.metadata.drop_all(database.engine)  # both workers create the tables at once
+    port = free_port()
+    log_config = Path(TEMP_DIR.name, "log-config.json")
+    log_config.write_text(json.dumps(ACCESS_LOG_WITH_PROCESS_ID))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1", "--port", str(port), "--workers", "2", "--log-config", str(log_config)],
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx2.get(f"{base_url}/openapi.json").status_code == 200:
+                    break
+            except httpx2.TransportError:
+                assert time.monotonic() < deadline, "uvicorn did not start in 30 s"
+                time.sleep(0.2)
+
+        assert httpx2.post(f"{base_url}/auth/", json={"username": "alice", "password": PASSWORD}).status_code == 201
+        token = httpx2.post(f"{base_url}/auth/token", data={"username": "alice", "password": PASSWORD}).json()["access_token"]
+        greetings = [httpx2.get(f"{base_url}/", headers=bearer(token)).status_code for _ in range(30)]
+
+        start = threading.Barrier(10)
+
+        def attempt(number):
+            start.wait()
+            return httpx2.post(f"{base_url}/auth/", json={"username": "racer", "password": f"password-{number}"}).status_code
+
+        with ThreadPoolExecutor(10) as pool:
+            race = sorted(pool.map(attempt, range(10)))
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=30)
+
+    assert greetings == [200] * 30
+    assert race == [201] + [409] * 9
+    greeting_workers = set(re.findall(r"^(\d+) GET / HTTP/1.1 200", output, re.MULTILINE))
+    assert len(greeting_workers) == 2, output
