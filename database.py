@@ -5,8 +5,8 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends
-from sqlalchemy import URL, Engine, create_engine, event, make_url, text
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy import URL, Engine, create_engine, event, make_url
+from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 
@@ -63,11 +63,11 @@ class Base(DeclarativeBase):
 
 
 def create_tables() -> None:
-    """Create missing tables; on PostgreSQL a lock stops several workers racing to do it."""
-    with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_xact_lock(1)"))
-        Base.metadata.create_all(connection)
+    """Create missing tables. Workers starting together may race to do it: the losers look again."""
+    try:
+        Base.metadata.create_all(engine)
+    except DatabaseError:
+        Base.metadata.create_all(engine)
 
 
 def get_db() -> Iterator[Session]:

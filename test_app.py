@@ -383,6 +383,33 @@ def test_token_of_a_deleted_user_gets_401(client):
     assert response.status_code == 401
 
 
+def test_tables_are_created_at_start_up():
+    database.Base.metadata.drop_all(database.engine)
+
+    with TestClient(main.app) as client:
+        assert sign_up(client).status_code == 201
+
+
+def test_workers_starting_together_create_the_tables_once():
+    database.Base.metadata.drop_all(database.engine)
+    start = threading.Barrier(8)
+
+    def start_worker(_):
+        start.wait()
+        database.create_tables()
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(start_worker, range(8)))
+
+    assert count_users() == 0
+
+
+def test_hmac_tokens_never_load_ecdsa(client):
+    """python-jose installs ecdsa (CVE-2024-23342); with cryptography and HS256 it is never imported."""
+    token_for(client)
+    assert "ecdsa" not in sys.modules
+
+
 def test_openapi_declares_the_password_flow_at_auth_token(client):
     schema = client.get("/openapi.json").json()
 
