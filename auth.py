@@ -62,6 +62,8 @@ def normalize_username(value: str) -> str:
 def fits_bcrypt(password: str) -> str:
     if len(password.encode()) > MAX_PASSWORD_BYTES:
         raise ValueError(f"Password must be at most {MAX_PASSWORD_BYTES} bytes in UTF-8: bcrypt ignores the rest")
+    if "\x00" in password:
+        raise ValueError("Password must not contain the NUL character: bcrypt cannot hash it")
     return password
 
 
@@ -113,11 +115,17 @@ class TokenClaims(BaseModel):
 
 
 def authenticate(session: Session, username: str, password: str) -> User | None:
-    """Run exactly one bcrypt check whether the user exists or not, so the answer time tells nothing."""
-    if len(password.encode()) > MAX_PASSWORD_BYTES:
+    """Run exactly one bcrypt check whether the user exists or not, so the answer time tells nothing.
+
+    Credentials that sign-up refuses belong to nobody (and some make bcrypt raise), so they stop first.
+    """
+    try:
+        credentials = UserCreate(username=username, password=password)
+    except ValidationError:
         return None
-    user = session.scalar(select(User).where(User.username == normalize_username(username)))
-    matches, new_hash = password_context.verify_and_update(password, user.hashed_password if user else DUMMY_HASH)
+    user = session.scalar(select(User).where(User.username == credentials.username))
+    stored_hash = user.hashed_password if user else DUMMY_HASH
+    matches, new_hash = password_context.verify_and_update(credentials.password, stored_hash)
     if user is None or not matches:
         return None
     if new_hash:
@@ -160,11 +168,17 @@ def get_current_user(token: Annotated[str | None, Depends(oauth2_scheme)], sessi
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
+BAD_TOKEN_RESPONSE = {status.HTTP_401_UNAUTHORIZED: {"description": "Missing, invalid or expired token"}}
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
 
-@router.post("/", status_code=status.HTTP_201_CREATED, response_model=UserPublic)
+@router.post(
+    "/",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UserPublic,
+    responses={status.HTTP_409_CONFLICT: {"description": "Username already registered"}},
+)
 def sign_up(new_user: UserCreate, session: SessionDep) -> User:
     user = User(username=new_user.username, hashed_password=password_context.hash(new_user.password))
     session.add(user)
@@ -176,7 +190,7 @@ def sign_up(new_user: UserCreate, session: SessionDep) -> User:
     return user
 
 
-@router.post("/token")
+@router.post("/token", responses={status.HTTP_401_UNAUTHORIZED: {"description": "Incorrect username or password"}})
 def log_in(form: Annotated[OAuth2PasswordRequestForm, Depends()], session: SessionDep) -> Token:
     user = authenticate(session, form.username, form.password)
     if user is None:

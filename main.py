@@ -7,7 +7,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from auth import CurrentUser, UserPublic, read_int_setting, router
+from auth import BAD_TOKEN_RESPONSE, CurrentUser, UserPublic, read_int_setting, router
 from database import create_tables
 from models import User
 
@@ -37,12 +37,12 @@ async def validation_error_without_input(request: Request, error: RequestValidat
     return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
 
 
-@app.get("/")
+@app.get("/", responses=BAD_TOKEN_RESPONSE)
 async def greet(user: CurrentUser) -> dict[str, str]:
     return {"message": f"Hello, {user.username} with ID: {user.id}!"}
 
 
-@app.get("/users/me", response_model=UserPublic)
+@app.get("/users/me", response_model=UserPublic, responses=BAD_TOKEN_RESPONSE)
 async def read_current_user(user: CurrentUser) -> User:
     return user
 

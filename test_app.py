@@ -145,6 +145,7 @@ def test_sign_up_returns_201_with_id_and_username_only(client):
         ({"username": "alice", "password": "short"}, "password", "string_too_short"),
         ({"username": "alice", "password": "€" * 25}, "password", "value_error"),
         ({"username": "alice", "password": "a" * 73}, "password", "string_too_long"),
+        ({"username": "alice", "password": "nul\x00character"}, "password", "value_error"),
         ({"username": "alice"}, "password", "missing"),
         ({"password": PASSWORD}, "username", "missing"),
         ({"username": 12345, "password": PASSWORD}, "username", "string_type"),
@@ -257,6 +258,22 @@ def test_over_long_password_at_login_is_a_plain_401_without_running_bcrypt(clien
     bcrypt_runs.clear()
 
     response = log_in(client, password=PASSWORD + "x" * 72)
+
+    assert response.status_code == 401
+    assert response.json() == {"detail": "Incorrect username or password"}
+    assert bcrypt_runs == []
+
+
+@pytest.mark.parametrize(
+    ("username", "password"),
+    [("alice", "nul\x00character"), ("ali\x00ce", PASSWORD), ("a" * 1_000_000, PASSWORD), ("al", PASSWORD)],
+    ids=["NUL in the password", "NUL in the username", "huge username", "too short a username"],
+)
+def test_credentials_that_sign_up_refuses_get_a_plain_401_without_bcrypt(client, bcrypt_runs, username, password):
+    sign_up(client)
+    bcrypt_runs.clear()
+
+    response = log_in(client, username, password)
 
     assert response.status_code == 401
     assert response.json() == {"detail": "Incorrect username or password"}
