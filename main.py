@@ -6,6 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 
 from auth import BAD_TOKEN_RESPONSE, CurrentUser, UserPublic, read_int_setting, router
 from database import create_tables
@@ -14,7 +15,10 @@ from models import User
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    create_tables()
+    try:
+        create_tables()
+    except OperationalError as error:
+        raise SystemExit(f"Cannot open the database in DATABASE_URL: {error.orig}") from None
     yield
 
 

@@ -613,6 +613,17 @@ def test_bad_setting_stops_start_up_with_one_line(variable, value, message):
     assert "hunter2" not in result.stderr
 
 
+def test_unreachable_database_stops_start_up_with_a_clear_message():
+    result = run_python(
+        "import runpy; runpy.run_path('main.py', run_name='__main__')",
+        DATABASE_URL=f"sqlite:///{TEMP_DIR.name}/no-such-folder/auth.db",
+        PORT=str(free_port()),
+    )
+
+    assert result.returncode != 0
+    assert "Cannot open the database in DATABASE_URL: unable to open database file" in result.stderr
+
+
 def test_port_setting_is_checked():
     result = run_python("import runpy; runpy.run_path('main.py', run_name='__main__')", PORT="eighty")
 
