@@ -54,8 +54,11 @@ password_context = CryptContext(schemes=["bcrypt"], deprecated="auto", bcrypt__r
 DUMMY_HASH = password_context.hash("checked when the username is unknown")
 
 
-def normalize_username(value: str) -> str:
-    """Fold look-alike spellings (composed or decomposed é, full-width letters) into one, as Django does."""
+def normalize_username(value: object) -> object:
+    """Fold look-alike spellings (composed or decomposed é, full-width letters) into one, as Django does.
+
+    It runs before Pydantic's type check, so whatever is not text passes through to be refused there.
+    """
     return unicodedata.normalize("NFKC", value) if isinstance(value, str) else value
 
 

@@ -229,6 +229,15 @@ def test_log_in_returns_a_bearer_token_with_the_expected_claims(client):
     assert claims["exp"] - claims["iat"] == 30 * 60
 
 
+def test_token_lifetime_follows_access_token_expire_minutes(client, monkeypatch):
+    monkeypatch.setattr(auth, "ACCESS_TOKEN_EXPIRE_MINUTES", 5)
+    token = token_for(client)
+
+    claims = jwt.decode(token, auth.SECRET_KEY, algorithms=["HS256"])
+
+    assert claims["exp"] - claims["iat"] == 5 * 60
+
+
 def test_wrong_password_and_unknown_user_get_identical_401s(client):
     sign_up(client)
 
@@ -427,14 +436,18 @@ def test_hmac_tokens_never_load_ecdsa(client):
     assert "ecdsa" not in sys.modules
 
 
-def test_openapi_declares_the_password_flow_at_auth_token(client):
+def test_docs_authorize_button_logs_in_at_the_declared_token_url(client):
+    sign_up(client)
     schema = client.get("/openapi.json").json()
-
     [scheme] = schema["components"]["securitySchemes"].values()
-    token_url = scheme["flows"]["password"]["tokenUrl"]
-    assert urljoin("http://testserver/docs", token_url) == "http://testserver/auth/token"
+    token_url = urljoin("http://testserver/docs", scheme["flows"]["password"]["tokenUrl"])
+
+    authorize = client.post(token_url, data={"grant_type": "password", "username": "alice", "password": PASSWORD, "scope": ""})
+
+    assert token_url == "http://testserver/auth/token"
     assert schema["paths"]["/"]["get"]["security"] == [{"OAuth2PasswordBearer": []}]
     assert client.get("/docs").status_code == 200
+    assert client.get("/", headers=bearer(authorize.json()["access_token"])).status_code == 200
 
 
 # Bad input
@@ -588,6 +601,12 @@ def test_without_secret_key_each_process_makes_its_own_and_warns():
     assert first.stdout != second.stdout
     assert "SECRET_KEY is not set" in first.stderr
     assert len(first.stderr.strip().splitlines()) == 1
+
+
+def test_bcrypt_cost_defaults_to_12():
+    result = run_python("import auth; print(auth.BCRYPT_ROUNDS, auth.DUMMY_HASH[:7])", BCRYPT_ROUNDS=None)
+
+    assert result.stdout.split() == ["12", "$2b$12$"]
 
 
 @pytest.mark.parametrize(
