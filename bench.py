@@ -17,7 +17,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
+from itertools import repeat, takewhile
 from pathlib import Path
+from urllib.parse import urlencode
 
 PROJECT = Path(__file__).resolve().parent
 BARE_APP = """
@@ -49,7 +52,7 @@ class Connection:
     async def open(cls, port: int) -> "Connection":
         return cls(*await asyncio.open_connection("127.0.0.1", port))
 
-    async def send(self, method: str, path: str, body: bytes = b"", headers: tuple[str, ...] = ()) -> tuple[int, bytes]:
+    async def request(self, method: str, path: str, body: bytes = b"", headers: tuple[str, ...] = ()) -> tuple[int, bytes]:
         head = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}", *headers]
         self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
         response_head = await self.reader.readuntil(b"\r\n\r\n")
@@ -57,25 +60,26 @@ class Connection:
         response_body = await self.reader.readexactly(int(length.group(1)) if length else 0)
         return int(response_head[9:12]), response_body
 
-    async def request(self, *request) -> int:
-        status, _ = await self.send(*request)
-        return status
-
     def close(self) -> None:
         self.writer.close()
 
 
-def log_in_request(username: str, password: str) -> tuple[str, str, bytes, tuple[str, ...]]:
-    body = f"username={username}&password={password.replace(' ', '+')}".encode()
+def log_in_request(username: str, password: str) -> tuple:
+    body = urlencode({"username": username, "password": password}).encode()
     return "POST", "/auth/token", body, ("Content-Type: application/x-www-form-urlencoded",)
 
 
-def sign_up_request(username: str) -> tuple[str, str, bytes, tuple[str, ...]]:
+def sign_up_request(username: str) -> tuple:
     body = json.dumps({"username": username, "password": PASSWORD}).encode()
     return "POST", "/auth/", body, ("Content-Type: application/json",)
 
 
-async def run_requests(port: int, clients: int, requests: list) -> tuple[float, list[int]]:
+def for_seconds(seconds: float, request: tuple) -> Iterator[tuple]:
+    deadline = time.perf_counter() + seconds
+    return takewhile(lambda _: time.perf_counter() < deadline, repeat(request))
+
+
+async def run_requests(port: int, clients: int, requests: Iterable[tuple]) -> tuple[float, list[int]]:
     """Send the requests over this many connections at once; return the seconds taken and the statuses."""
     pending = iter(requests)
     statuses: list[int] = []
@@ -83,7 +87,8 @@ async def run_requests(port: int, clients: int, requests: list) -> tuple[float, 
 
     async def client(connection: Connection) -> None:
         for request in pending:
-            statuses.append(await connection.request(*request))
+            status, _ = await connection.request(*request)
+            statuses.append(status)
 
     started = time.perf_counter()
     await asyncio.gather(*(client(connection) for connection in connections))
@@ -93,61 +98,50 @@ async def run_requests(port: int, clients: int, requests: list) -> tuple[float, 
     return elapsed, statuses
 
 
-async def requests_per_second(port: int, clients: int, seconds: float, request: tuple) -> float:
-    connections = [await Connection.open(port) for _ in range(clients)]
-    deadline = time.perf_counter() + seconds
-    done = 0
-
-    async def client(connection: Connection) -> None:
-        nonlocal done
-        while time.perf_counter() < deadline:
-            assert await connection.request(*request) == 200
-            done += 1
-
-    started = time.perf_counter()
-    await asyncio.gather(*(client(connection) for connection in connections))
-    elapsed = time.perf_counter() - started
-    for connection in connections:
-        connection.close()
-    return done / elapsed
-
-
-async def logins_per_second(port: int, clients: int, count: int) -> float:
-    elapsed, statuses = await run_requests(port, clients, [log_in_request("bench-user", PASSWORD)] * count)
-    assert statuses == [200] * count, statuses
-    return count / elapsed
+async def requests_per_second(port: int, clients: int, requests: Iterable[tuple], expected_status: int = 200) -> float:
+    elapsed, statuses = await run_requests(port, clients, requests)
+    assert set(statuses) == {expected_status}, set(statuses)
+    return len(statuses) / elapsed
 
 
 async def login_latency(connection: Connection, username: str, password: str) -> float:
     started = time.perf_counter()
-    assert await connection.request(*log_in_request(username, password)) == 401
+    status, _ = await connection.request(*log_in_request(username, password))
+    assert status == 401, status
     return time.perf_counter() - started
+
+
+async def token_for(port: int, username: str) -> str:
+    connection = await Connection.open(port)
+    status, body = await connection.request(*log_in_request(username, PASSWORD))
+    connection.close()
+    assert status == 200, body
+    return json.loads(body)["access_token"]
 
 
 async def measure(app_port: int, bare_port: int, quick: bool) -> dict:
     rounds = 2 if quick else 3
-    _, statuses = await run_requests(app_port, 1, [sign_up_request("bench-user")])
-    assert statuses == [201], statuses
-    token = await token_for(app_port)
-    greeting = ("GET", "/", b"", (f"Authorization: Bearer {token}",))
+    await requests_per_second(app_port, 1, [sign_up_request("bench-user")], expected_status=201)
+    greeting = ("GET", "/", b"", (f"Authorization: Bearer {await token_for(app_port, 'bench-user')}",))
     hello = ("GET", "/", b"", ())
-    await run_requests(app_port, 16, [greeting] * 500)
-    await run_requests(bare_port, 16, [hello] * 500)
+    await requests_per_second(app_port, 16, [greeting] * 500)
+    await requests_per_second(bare_port, 16, [hello] * 500)
 
+    login = log_in_request("bench-user", PASSWORD)
     scaling = []
     for _ in range(rounds):
-        one = await logins_per_second(app_port, 1, 6 if quick else 10)
-        eight = await logins_per_second(app_port, 8, 24 if quick else 48)
+        one = await requests_per_second(app_port, 1, [login] * (6 if quick else 10))
+        eight = await requests_per_second(app_port, 8, [login] * (24 if quick else 48))
         scaling.append(eight / one)
 
     protected, bare = [], []
     for _ in range(rounds + 1):
-        protected.append(await requests_per_second(app_port, 16, 2 if quick else 4, greeting))
-        bare.append(await requests_per_second(bare_port, 16, 2 if quick else 4, hello))
+        protected.append(await requests_per_second(app_port, 16, for_seconds(2 if quick else 4, greeting)))
+        bare.append(await requests_per_second(bare_port, 16, for_seconds(2 if quick else 4, hello)))
 
     unknown, known = [], []
     connection = await Connection.open(app_port)
-    for _ in range(20 if quick else 40):
+    for _ in range(40):
         unknown.append(await login_latency(connection, "nobody-here", PASSWORD))
         known.append(await login_latency(connection, "bench-user", "wrong password"))
     connection.close()
@@ -165,14 +159,6 @@ async def measure(app_port: int, bare_port: int, quick: bool) -> dict:
         "signups_per_second": round(len(signups) / elapsed, 2),
         "signup_errors": sum(1 for status in statuses if not 200 <= status < 300),
     }
-
-
-async def token_for(port: int) -> str:
-    connection = await Connection.open(port)
-    status, body = await connection.send(*log_in_request("bench-user", PASSWORD))
-    connection.close()
-    assert status == 200, body
-    return json.loads(body)["access_token"]
 
 
 def free_port() -> int:
