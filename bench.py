@@ -52,7 +52,9 @@ class Connection:
     async def open(cls, port: int) -> "Connection":
         return cls(*await asyncio.open_connection("127.0.0.1", port))
 
-    async def request(self, method: str, path: str, body: bytes = b"", headers: tuple[str, ...] = ()) -> tuple[int, bytes]:
+    async def request(
+        self, method: str, path: str, body: bytes = b"", headers: tuple[str, ...] = ()
+    ) -> tuple[int, bytes]:
         head = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}", *headers]
         self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
         response_head = await self.reader.readuntil(b"\r\n\r\n")

@@ -16,8 +16,7 @@ def parse_database_url(raw_url: str) -> URL:
         url = make_url(raw_url)
     except (ArgumentError, ValueError):
         raise SystemExit(
-            "DATABASE_URL is not a database URL: use e.g. sqlite:///./auth.db "
-            "or postgresql://user:password@host/dbname"
+            "DATABASE_URL is not a database URL: use e.g. sqlite:///./auth.db or postgresql://user:password@host/dbname"
         ) from None
     if url.drivername in ("postgres", "postgresql"):
         url = url.set(drivername="postgresql+psycopg")

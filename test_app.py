@@ -22,6 +22,11 @@ from urllib.parse import urljoin
 
 import bcrypt
 import pytest
+from fastapi.testclient import TestClient
+from jose import jwt
+from passlib.context import CryptContext
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 PROJECT = Path(__file__).resolve().parent
 TEST_DATABASE_URL = os.getenv("TEST_DATABASE_URL")
@@ -35,12 +40,6 @@ for name in ("ALGORITHM", "ACCESS_TOKEN_EXPIRE_MINUTES"):
 import auth  # noqa: E402
 import database  # noqa: E402
 import main  # noqa: E402
-from fastapi.testclient import TestClient  # noqa: E402
-from jose import jwt  # noqa: E402
-from passlib.context import CryptContext  # noqa: E402
-from sqlalchemy import func, select  # noqa: E402
-from sqlalchemy.orm import Session  # noqa: E402
-
 from models import User  # noqa: E402
 
 postgres_only = pytest.mark.skipif(
@@ -271,7 +270,13 @@ def test_wrong_password_and_unknown_user_each_run_bcrypt_exactly_once(client, bc
         ("a" * 1_000_000, PASSWORD),
         ("al", PASSWORD),
     ],
-    ids=["password over 72 bytes", "NUL in the password", "NUL in the username", "huge username", "too short a username"],
+    ids=[
+        "password over 72 bytes",
+        "NUL in the password",
+        "NUL in the username",
+        "huge username",
+        "too short a username",
+    ],
 )
 def test_credentials_that_sign_up_refuses_get_a_plain_401_without_bcrypt(client, bcrypt_runs, username, password):
     sign_up(client)
@@ -340,7 +345,11 @@ BAD_AUTHORIZATION_HEADERS = {
     "garbage": "Bearer not-a-token",
     "bad base64": "Bearer !!!.@@@.###",
     "bad JSON inside": "Bearer " + base64.urlsafe_b64encode(b"{not json").decode() + ".e30.c2ln",
-    "alg none": "Bearer " + b64({"alg": "none", "typ": "JWT"}) + "." + b64({"sub": "alice", "id": 1, "exp": 2**40}) + ".",
+    "alg none": "Bearer "
+    + b64({"alg": "none", "typ": "JWT"})
+    + "."
+    + b64({"sub": "alice", "id": 1, "exp": 2**40})
+    + ".",
 }
 
 
@@ -437,7 +446,9 @@ def test_docs_authorize_button_logs_in_at_the_declared_token_url(client):
     [scheme] = schema["components"]["securitySchemes"].values()
     token_url = urljoin("http://testserver/docs", scheme["flows"]["password"]["tokenUrl"])
 
-    authorize = client.post(token_url, data={"grant_type": "password", "username": "alice", "password": PASSWORD, "scope": ""})
+    authorize = client.post(
+        token_url, data={"grant_type": "password", "username": "alice", "password": PASSWORD, "scope": ""}
+    )
 
     assert token_url == "http://testserver/auth/token"
     assert schema["paths"]["/"]["get"]["security"] == [{"OAuth2PasswordBearer": []}]
@@ -670,7 +681,11 @@ def test_port_setting_is_checked():
 
 @pytest.mark.parametrize(
     "url",
-    ["postgres://me:pw@db.example.com/app", "postgresql://me:pw@db.example.com/app", "postgresql+psycopg://me:pw@db.example.com/app"],
+    [
+        "postgres://me:pw@db.example.com/app",
+        "postgresql://me:pw@db.example.com/app",
+        "postgresql+psycopg://me:pw@db.example.com/app",
+    ],
 )
 def test_hosting_provider_postgres_urls_use_psycopg_3(url):
     parsed = database.parse_database_url(url)
@@ -704,7 +719,9 @@ def free_port():
 
 ACCESS_LOG_WITH_PROCESS_ID = {
     "version": 1,
-    "formatters": {"access": {"()": "uvicorn.logging.AccessFormatter", "fmt": "%(process)d %(request_line)s %(status_code)s"}},
+    "formatters": {
+        "access": {"()": "uvicorn.logging.AccessFormatter", "fmt": "%(process)d %(request_line)s %(status_code)s"}
+    },
     "handlers": {"access": {"class": "logging.StreamHandler", "formatter": "access", "stream": "ext://sys.stdout"}},
     "loggers": {"uvicorn.access": {"handlers": ["access"], "level": "INFO", "propagate": False}},
 }
@@ -719,7 +736,20 @@ def test_two_workers_share_tokens_and_allow_one_account_per_name():
     log_config = Path(TEMP_DIR.name, "log-config.json")
     log_config.write_text(json.dumps(ACCESS_LOG_WITH_PROCESS_ID))
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1", "--port", str(port), "--workers", "2", "--log-config", str(log_config)],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--log-config",
+            str(log_config),
+        ],
         cwd=PROJECT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -737,14 +767,18 @@ def test_two_workers_share_tokens_and_allow_one_account_per_name():
                 time.sleep(0.2)
 
         assert httpx2.post(f"{base_url}/auth/", json={"username": "alice", "password": PASSWORD}).status_code == 201
-        token = httpx2.post(f"{base_url}/auth/token", data={"username": "alice", "password": PASSWORD}).json()["access_token"]
+        token = httpx2.post(f"{base_url}/auth/token", data={"username": "alice", "password": PASSWORD}).json()[
+            "access_token"
+        ]
         greetings = [httpx2.get(f"{base_url}/", headers=bearer(token)).status_code for _ in range(30)]
 
         start = threading.Barrier(10)
 
         def attempt(number):
             start.wait()
-            return httpx2.post(f"{base_url}/auth/", json={"username": "racer", "password": f"password-{number}"}).status_code
+            return httpx2.post(
+                f"{base_url}/auth/", json={"username": "racer", "password": f"password-{number}"}
+            ).status_code
 
         with ThreadPoolExecutor(10) as pool:
             race = sorted(pool.map(attempt, range(10)))
