@@ -6,6 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy.exc import OperationalError
 
 from auth import BAD_TOKEN_RESPONSE, CurrentUser, UserPublic, read_int_setting, router
@@ -41,9 +42,13 @@ async def validation_error_without_input(request: Request, error: RequestValidat
     return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
 
 
+class Message(BaseModel):
+    message: str
+
+
 @app.get("/", responses=BAD_TOKEN_RESPONSE)
-async def greet(user: CurrentUser) -> dict[str, str]:
-    return {"message": f"Hello, {user.username} with ID: {user.id}!"}
+async def greet(user: CurrentUser) -> Message:
+    return Message(message=f"Hello, {user.username} with ID: {user.id}!")
 
 
 @app.get("/users/me", response_model=UserPublic, responses=BAD_TOKEN_RESPONSE)
