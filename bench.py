@@ -2,7 +2,8 @@
 
 Starts the app with uvicorn on a free loopback port, in a temporary directory with its own
 SQLite file and a key made for this run, and beside it a bare FastAPI app with the same
-uvicorn settings. Every figure is a ratio measured in one run, so a busy machine slows both sides.
+uvicorn settings. The targets are ratios of figures measured in the same run, so a busy
+machine slows both sides.
 """
 
 import argparse
