@@ -345,11 +345,7 @@ BAD_AUTHORIZATION_HEADERS = {
     "garbage": "Bearer not-a-token",
     "bad base64": "Bearer !!!.@@@.###",
     "bad JSON inside": "Bearer " + base64.urlsafe_b64encode(b"{not json").decode() + ".e30.c2ln",
-    "alg none": "Bearer "
-    + b64({"alg": "none", "typ": "JWT"})
-    + "."
-    + b64({"sub": "alice", "id": 1, "exp": 2**40})
-    + ".",
+    "alg none": f"Bearer {b64({'alg': 'none', 'typ': 'JWT'})}.{b64({'sub': 'alice', 'id': 1, 'exp': 2**40})}.",
 }
 
 
