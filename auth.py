@@ -3,55 +3,53 @@
 import logging
 import os
 import secrets
+import time
 import unicodedata
-from datetime import datetime, timedelta, timezone
-from typing import Annotated
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, HTTPException, status
+from anyio import CapacityLimiter, to_thread
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi.responses import JSONResponse
 from fastapi.security import OAuth2PasswordBearer, OAuth2PasswordRequestForm
 from jose import JWTError, jwt
 from passlib.context import CryptContext
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from database import SessionDep
+import throttle
+from config import MAKE_KEY, settings
+from database import in_session
 from models import User
 
-
-def read_int_setting(name: str, default: int, minimum: int, maximum: int) -> int:
-    raw = os.getenv(name, str(default))
-    try:
-        value = int(raw)
-        if minimum <= value <= maximum:
-            return value
-    except ValueError:
-        pass
-    raise SystemExit(f"{name} must be a whole number from {minimum} to {maximum}, not {raw!r}")
+logger = logging.getLogger(__name__)
 
 
-MAKE_KEY = 'python -c "import secrets; print(secrets.token_hex(32))"'
-SECRET_KEY = os.getenv("SECRET_KEY")
-if SECRET_KEY is None:
-    SECRET_KEY = secrets.token_hex(32)
-    logging.getLogger(__name__).warning(
+def make_random_key() -> str:
+    logger.warning(
         "SECRET_KEY is not set: using a random key, so tokens stop working when the app restarts; "
-        f"set one with: export SECRET_KEY=$({MAKE_KEY})"
+        f"put a key in .env with: {MAKE_KEY}"
     )
-elif len(SECRET_KEY) < 32:
-    raise SystemExit(f"SECRET_KEY must be at least 32 characters; make one with: {MAKE_KEY}")
+    return secrets.token_hex(32)
 
-ALGORITHM = os.getenv("ALGORITHM", "HS256")
-if ALGORITHM not in ("HS256", "HS384", "HS512"):
-    raise SystemExit(f"ALGORITHM must be HS256, HS384 or HS512 (signed with SECRET_KEY), not {ALGORITHM!r}")
 
-ACCESS_TOKEN_EXPIRE_MINUTES = read_int_setting("ACCESS_TOKEN_EXPIRE_MINUTES", 30, 1, 525_600)
-BCRYPT_ROUNDS = read_int_setting("BCRYPT_ROUNDS", 12, 4, 31)
+SECRET_KEY = settings.secret_key or make_random_key()
 
 MAX_PASSWORD_BYTES = 72
-password_context = CryptContext(schemes=["bcrypt"], deprecated="auto", bcrypt__rounds=BCRYPT_ROUNDS)
+password_context = CryptContext(schemes=["bcrypt"], deprecated="auto", bcrypt__rounds=settings.bcrypt_rounds)
+started = time.perf_counter()
 DUMMY_HASH = password_context.hash("checked when the username is unknown")
+SECONDS_PER_HASH = time.perf_counter() - started
+
+CORES = os.cpu_count() or 1
+hashing_threads = CapacityLimiter(CORES)
+# As many hashes may wait as the cores finish in about a second, so an accepted request waits about that long.
+MAX_WAITING_HASHES = max(CORES, round(CORES / SECONDS_PER_HASH))
+
+T = TypeVar("T")
 
 
 def normalize_username(value: object) -> object:
@@ -109,7 +107,16 @@ class UserPublic(BaseModel):
 
 class Token(BaseModel):
     access_token: str
-    token_type: str
+    token_type: Literal["bearer"]
+    expires_in: int = Field(description="Seconds until the token expires", examples=[1800])
+
+
+class LoginError(BaseModel):
+    """RFC 6749's error fields for OAuth 2.0 client libraries, and the `detail` that FastAPI clients read."""
+
+    detail: str
+    error: Literal["invalid_grant"]
+    error_description: str
 
 
 class TokenClaims(BaseModel):
@@ -117,85 +124,156 @@ class TokenClaims(BaseModel):
     id: int
 
 
-def authenticate(session: Session, username: str, password: str) -> User | None:
-    """Run exactly one bcrypt check whether the user exists or not, so the answer time tells nothing.
+class Detail(BaseModel):
+    detail: str
 
-    Credentials that sign-up refuses belong to nobody (and some make bcrypt raise), so they stop first.
-    """
-    try:
-        credentials = UserCreate(username=username, password=password)
-    except ValidationError:
-        return None
-    user = session.scalar(select(User).where(User.username == credentials.username))
-    stored_hash = user.hashed_password if user else DUMMY_HASH
-    matches, new_hash = password_context.verify_and_update(credentials.password, stored_hash)
-    if user is None or not matches:
-        return None
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+BAD_LOGIN = "Incorrect username or password"
+BAD_TOKEN = "Could not validate credentials"
+
+
+def refuse_if_hashing_is_backed_up() -> None:
+    if hashing_threads.statistics().tasks_waiting >= MAX_WAITING_HASHES:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "Too many logins and sign-ups at once: try again in a second",
+            headers={"Retry-After": "1"},
+        )
+
+
+async def hash_off_the_loop(work: Callable[..., T], *args: str) -> T:
+    """bcrypt runs on threads of its own, one per core, so the threads that serve other requests stay free."""
+    return await to_thread.run_sync(work, *args, limiter=hashing_threads)
+
+
+def wrong_credentials() -> JSONResponse:
+    """The same answer for an unknown user and a wrong password, so nobody can probe which names exist."""
+    body = LoginError(detail=BAD_LOGIN, error="invalid_grant", error_description=BAD_LOGIN)
+    return JSONResponse(body.model_dump(), status.HTTP_401_UNAUTHORIZED, {"WWW-Authenticate": "Bearer", **NO_STORE})
+
+
+def check_throttle_and_find_user(
+    session: Session, client_address: str, username: str
+) -> tuple[int | None, User | None]:
+    wait = throttle.seconds_to_wait(session, client_address, username)
+    if wait is not None:
+        return wait, None
+    return None, session.scalar(select(User).where(User.username == username))
+
+
+def record_success(session: Session, client_address: str, user: User, new_hash: str | None) -> None:
+    throttle.clear_failures(session, client_address, user.username)
     if new_hash:
-        user.hashed_password = new_hash
+        session.execute(update(User).where(User.id == user.id).values(hashed_password=new_hash))
         session.commit()
-    return user
 
 
 def create_access_token(user: User) -> str:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     claims = {
         "sub": user.username,
         "id": user.id,
         "iat": now,
-        "exp": now + timedelta(minutes=ACCESS_TOKEN_EXPIRE_MINUTES),
+        "exp": now + timedelta(minutes=settings.access_token_expire_minutes),
     }
-    return jwt.encode(claims, SECRET_KEY, algorithm=ALGORITHM)
+    return jwt.encode(claims, SECRET_KEY, algorithm=settings.algorithm)
 
 
-def unauthorized(detail: str) -> HTTPException:
-    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
+def unauthorized(challenge: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, BAD_TOKEN, headers={"WWW-Authenticate": challenge})
 
 
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="auth/token", auto_error=False)
 
 
-def get_current_user(token: Annotated[str | None, Depends(oauth2_scheme)], session: SessionDep) -> User:
-    """Accept only our own unexpired tokens, for a user who still exists."""
-    if token is None:
-        raise unauthorized("Could not validate credentials")
+async def get_current_user(token: Annotated[str | None, Depends(oauth2_scheme)]) -> User:
+    """Accept only our own unexpired tokens, for a user who still exists.
+
+    Checking the token is quick work for the event loop; loading the user is the one trip to a worker thread.
+    """
+    if not token:
+        raise unauthorized("Bearer")
+    invalid_token = unauthorized(f'Bearer error="invalid_token", error_description="{BAD_TOKEN}"')
     try:
-        payload = jwt.decode(token, SECRET_KEY, algorithms=[ALGORITHM], options={"require_exp": True})
+        payload = jwt.decode(token, SECRET_KEY, algorithms=[settings.algorithm], options={"require_exp": True})
         claims = TokenClaims.model_validate(payload)
     except (JWTError, ValidationError):
-        raise unauthorized("Could not validate credentials") from None
-    user = session.get(User, claims.id)
+        raise invalid_token from None
+    user = await in_session(lambda session: session.get(User, claims.id))
     if user is None or user.username != claims.sub:
-        raise unauthorized("Could not validate credentials")
+        raise invalid_token
     return user
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
 BAD_TOKEN_RESPONSE = {status.HTTP_401_UNAUTHORIZED: {"description": "Missing, invalid or expired token"}}
+BUSY_RESPONSE = {
+    status.HTTP_503_SERVICE_UNAVAILABLE: {"model": Detail, "description": "Too busy, or the database is away"}
+}
 
 router = APIRouter(prefix="/auth", tags=["auth"])
+
+
+def add_user(session: Session, username: str, hashed_password: str) -> User:
+    user = User(username=username, hashed_password=hashed_password)
+    session.add(user)
+    try:
+        session.commit()
+    except IntegrityError:
+        raise HTTPException(status.HTTP_409_CONFLICT, "Username already registered") from None
+    return user
 
 
 @router.post(
     "/",
     status_code=status.HTTP_201_CREATED,
     response_model=UserPublic,
-    responses={status.HTTP_409_CONFLICT: {"description": "Username already registered"}},
+    responses={status.HTTP_409_CONFLICT: {"model": Detail, "description": "Username already registered"}}
+    | BUSY_RESPONSE,
 )
-def sign_up(new_user: UserCreate, session: SessionDep) -> User:
-    user = User(username=new_user.username, hashed_password=password_context.hash(new_user.password))
-    session.add(user)
+async def sign_up(new_user: UserCreate) -> User:
+    refuse_if_hashing_is_backed_up()
+    hashed_password = await hash_off_the_loop(password_context.hash, new_user.password)
+    return await in_session(lambda session: add_user(session, new_user.username, hashed_password))
+
+
+@router.post(
+    "/token",
+    response_model=Token,
+    responses={
+        status.HTTP_401_UNAUTHORIZED: {"model": LoginError, "description": BAD_LOGIN},
+        status.HTTP_429_TOO_MANY_REQUESTS: {"model": Detail, "description": "Too many failed logins: wait"},
+    }
+    | BUSY_RESPONSE,
+)
+async def log_in(
+    form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request, response: Response
+) -> Token | JSONResponse:
+    """Each step holds only what it needs: a pooled connection to read, a hashing thread to hash, then to write.
+
+    Credentials that sign-up refuses belong to nobody (and some make bcrypt raise), so they stop first.
+    """
     try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        raise HTTPException(status.HTTP_409_CONFLICT, "Username already registered") from None
-    return user
-
-
-@router.post("/token", responses={status.HTTP_401_UNAUTHORIZED: {"description": "Incorrect username or password"}})
-def log_in(form: Annotated[OAuth2PasswordRequestForm, Depends()], session: SessionDep) -> Token:
-    user = authenticate(session, form.username, form.password)
-    if user is None:
-        raise unauthorized("Incorrect username or password")
-    return Token(access_token=create_access_token(user), token_type="bearer")
+        credentials = UserCreate(username=form.username, password=form.password)
+    except ValidationError:
+        return wrong_credentials()
+    refuse_if_hashing_is_backed_up()
+    address, username = request.client.host if request.client else "", credentials.username
+    wait, user = await in_session(lambda session: check_throttle_and_find_user(session, address, username))
+    if wait is not None:
+        logger.warning("Login refused for %r from %s: too many failed logins", username, address)
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"Too many failed logins: wait {wait} seconds before trying again",
+            headers={"Retry-After": str(wait)},
+        )
+    stored_hash = user.hashed_password if user else DUMMY_HASH
+    matches, new_hash = await hash_off_the_loop(password_context.verify_and_update, credentials.password, stored_hash)
+    if user is None or not matches:
+        await in_session(lambda session: throttle.record_failure(session, address, username))
+        return wrong_credentials()
+    await in_session(lambda session: record_success(session, address, user, new_hash))
+    response.headers.update(NO_STORE)
+    expires_in = settings.access_token_expire_minutes * 60
+    return Token(access_token=create_access_token(user), token_type="bearer", expires_in=expires_in)

@@ -1,13 +1,15 @@
-"""The database: one engine for the app, one session per request."""
+"""The database: one engine for the app, and a short session for each piece of work, off the event loop."""
 
-import os
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from fastapi import Depends
+from anyio import to_thread
 from sqlalchemy import URL, Engine, create_engine, event, make_url
-from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+from config import settings
 
 
 def parse_database_url(raw_url: str) -> URL:
@@ -23,21 +25,24 @@ def parse_database_url(raw_url: str) -> URL:
     return url
 
 
-def use_write_ahead_log(dbapi_connection, connection_record) -> None:
+def use_write_ahead_log(dbapi_connection: Any, connection_record: Any) -> None:
     dbapi_connection.execute("PRAGMA journal_mode=WAL")
 
 
 def make_engine(url: URL) -> Engine:
+    """Give up on a connection, a lock or a free pooled connection after a few seconds, so a client gets a 503.
+
+    SQLite has one writer lock: it waits for it up to the timeout, and WAL lets readers go on meanwhile.
+    """
+    timeout = settings.database_timeout_seconds
     is_sqlite = url.get_backend_name() == "sqlite"
-    # Several requests write at once: SQLite has one writer lock, so wait up to
-    # 30 s for it instead of failing with "database is locked", and use WAL so
-    # that readers never wait for the writer.
+    options: dict[str, Any]
     if is_sqlite:
-        options = {"connect_args": {"check_same_thread": False, "timeout": 30}}
+        options = {"connect_args": {"check_same_thread": False, "timeout": timeout}}
     else:
-        options = {"pool_pre_ping": True}
+        options = {"connect_args": {"connect_timeout": timeout}, "pool_pre_ping": True}
     try:
-        engine = create_engine(url, **options)
+        engine = create_engine(url, pool_timeout=timeout, **options)
     except NoSuchModuleError:
         raise SystemExit(
             f"DATABASE_URL: SQLAlchemy knows no database called {url.drivername!r}; "
@@ -53,8 +58,8 @@ def make_engine(url: URL) -> Engine:
     return engine
 
 
-engine = make_engine(parse_database_url(os.getenv("DATABASE_URL", "sqlite:///./auth.db")))
-SessionLocal = sessionmaker(engine)
+engine = make_engine(parse_database_url(settings.database_url))
+SessionLocal = sessionmaker(engine, expire_on_commit=False)
 
 
 class Base(DeclarativeBase):
@@ -69,10 +74,42 @@ def create_tables() -> None:
         Base.metadata.create_all(engine)
 
 
-def get_db() -> Iterator[Session]:
-    """One session per request, closed (and so rolled back) however the request ends."""
-    with SessionLocal() as session:
-        yield session
+T = TypeVar("T")
 
 
-SessionDep = Annotated[Session, Depends(get_db)]
+async def in_session(work: Callable[[Session], T]) -> T:
+    """Run database work in a worker thread, with a session that is closed (and so rolled back) as soon as it ends.
+
+    A request holds a pooled connection and a thread only while it talks to the database, never while it hashes.
+    """
+
+    def run() -> T:
+        with SessionLocal() as session:
+            return work(session)
+
+    return await to_thread.run_sync(run)
+
+
+UNAVAILABLE_SQLSTATES = ("08", "53300", "57P01", "57P02", "57P03")
+
+
+def is_unavailable(error: Exception) -> bool:
+    """Tell "the database is down, restarting or busy: try again" from a defect such as a missing table.
+
+    It is unavailable when no pooled connection came free in time, when SQLAlchemy saw the connection drop,
+    when SQLite's lock stayed busy, or when PostgreSQL's answer is a connection error (SQLSTATE class 08,
+    too many connections, shutting down or starting up); psycopg gives no SQLSTATE when it could not connect.
+    """
+    if isinstance(error, PoolTimeoutError):
+        return True
+    if not isinstance(error, DBAPIError):
+        return False
+    if error.connection_invalidated:
+        return True
+    sqlite_error = getattr(error.orig, "sqlite_errorname", None)
+    if sqlite_error is not None:
+        return sqlite_error in ("SQLITE_BUSY", "SQLITE_LOCKED")
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    if sqlstate is None:
+        return isinstance(error, OperationalError)
+    return str(sqlstate).startswith(UNAVAILABLE_SQLSTATES)

@@ -1,21 +1,31 @@
-import os
+import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
+from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from auth import BAD_TOKEN_RESPONSE, CurrentUser, UserPublic, read_int_setting, router
-from database import create_tables
+from auth import BAD_TOKEN_RESPONSE, BUSY_RESPONSE, CurrentUser, Detail, UserPublic, router
+from config import settings
+from database import create_tables, is_unavailable
 from models import User
+
+logger = logging.getLogger(__name__)
+
+# The largest valid request, a sign-up with every character of a 64-character name and a 72-byte password
+# escaped in JSON, is about 1.3 KB: 4 KiB leaves room for any client, and nothing bigger is ever read.
+MAX_BODY_BYTES = 4096
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI):
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         create_tables()
     except OperationalError as error:
@@ -32,7 +42,11 @@ app = FastAPI(
     ),
     lifespan=lifespan,
 )
-app.include_router(router)
+app.include_router(
+    router,
+    max_body_size=MAX_BODY_BYTES,
+    responses={status.HTTP_413_CONTENT_TOO_LARGE: {"model": Detail, "description": f"Body over {MAX_BODY_BYTES} bytes"}},
+)
 
 
 @app.exception_handler(RequestValidationError)
@@ -42,19 +56,59 @@ async def validation_error_without_input(request: Request, error: RequestValidat
     return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
 
 
+TOO_LARGE = JSONResponse({"detail": f"Request body too large: the limit is {MAX_BODY_BYTES} bytes"}, 413)
+
+
+@app.exception_handler(status.HTTP_413_CONTENT_TOO_LARGE)
+async def body_too_large(request: Request, error: HTTPException) -> JSONResponse:
+    """max_body_size stops reading a body at the limit; this says what the limit is."""
+    return TOO_LARGE
+
+
+class DeclaredTooLarge:
+    """Answer a Content-Length over the limit at once, in JSON: Starlette would answer it in plain text."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        length = Headers(scope=scope).get("content-length", "") if scope["type"] == "http" else ""
+        if length.isdigit() and int(length) > MAX_BODY_BYTES:
+            await TOO_LARGE(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+app.add_middleware(DeclaredTooLarge)
+
+
+@app.exception_handler(SQLAlchemyError)
+async def database_unavailable(request: Request, error: SQLAlchemyError) -> JSONResponse:
+    """Down, restarting or busy is a 503 to try again later; any other database error is a defect, a 500."""
+    if not is_unavailable(error):
+        raise error
+    cause = getattr(error, "orig", None) or error
+    logger.warning("Database unavailable: %s: %s", type(cause).__name__, " ".join(str(cause).split()))
+    return JSONResponse(
+        {"detail": "The database is unavailable: try again in a few seconds"},
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": str(settings.database_timeout_seconds)},
+    )
+
+
 class Message(BaseModel):
     message: str
 
 
-@app.get("/", responses=BAD_TOKEN_RESPONSE)
+@app.get("/", responses=BAD_TOKEN_RESPONSE | BUSY_RESPONSE)
 async def greet(user: CurrentUser) -> Message:
     return Message(message=f"Hello, {user.username} with ID: {user.id}!")
 
 
-@app.get("/users/me", response_model=UserPublic, responses=BAD_TOKEN_RESPONSE)
+@app.get("/users/me", response_model=UserPublic, responses=BAD_TOKEN_RESPONSE | BUSY_RESPONSE)
 async def read_current_user(user: CurrentUser) -> User:
     return user
 
 
 if __name__ == "__main__":
-    uvicorn.run(app, host=os.getenv("HOST", "127.0.0.1"), port=read_int_setting("PORT", 8000, 1, 65535))
+    uvicorn.run(app, host=settings.host, port=settings.port)

@@ -1,0 +1,161 @@
+"""What every test file shares: a throwaway database and settings, a client, and the README's requests.
+
+Every test gets empty tables in a throwaway database: a temporary SQLite file, or the PostgreSQL
+database named by TEST_DATABASE_URL. The tests run in a temporary working folder, so a developer's
+own .env and auth.db are never read or touched.
+"""
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import bcrypt
+import pytest
+
+PROJECT = Path(__file__).resolve().parent
+TEST_DATABASE_URL = os.getenv("TEST_DATABASE_URL")
+TEMP_DIR = tempfile.TemporaryDirectory(prefix="auth-demo-tests-")
+os.chdir(TEMP_DIR.name)
+os.environ["DATABASE_URL"] = TEST_DATABASE_URL or f"sqlite:///{TEMP_DIR.name}/test.db"
+os.environ["SECRET_KEY"] = "test-key-made-per-run-" + secrets.token_hex(16)
+os.environ["BCRYPT_ROUNDS"] = "4"
+for name in (
+    "ALGORITHM",
+    "ACCESS_TOKEN_EXPIRE_MINUTES",
+    "LOGIN_MAX_FAILURES",
+    "LOGIN_WINDOW_SECONDS",
+    "DATABASE_TIMEOUT_SECONDS",
+    "HOST",
+    "PORT",
+):
+    os.environ.pop(name, None)
+
+import database  # noqa: E402
+import main  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+postgres_only = pytest.mark.skipif(
+    not TEST_DATABASE_URL,
+    reason="needs PostgreSQL: run with TEST_DATABASE_URL=postgresql://user:password@host/dbname "
+    "(bash .ci/postgres start prints one)",
+)
+sqlite_only = pytest.mark.skipif(bool(TEST_DATABASE_URL), reason="checks SQLite settings")
+
+PASSWORD = "correct horse"
+
+
+@pytest.fixture(autouse=True)
+def fresh_database() -> None:
+    database.Base.metadata.drop_all(database.engine)
+    database.Base.metadata.create_all(database.engine)
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient]:
+    with TestClient(main.app) as client:
+        yield client
+
+
+@pytest.fixture
+def bcrypt_runs(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Count the times bcrypt itself runs (passlib calls bcrypt.hashpw to hash and to verify)."""
+    runs: list[bytes] = []
+    real_hashpw = bcrypt.hashpw
+
+    def counting_hashpw(password: bytes, salt: bytes) -> bytes:
+        runs.append(password)
+        return real_hashpw(password, salt)
+
+    monkeypatch.setattr(bcrypt, "hashpw", counting_hashpw)
+    return runs
+
+
+def sign_up(client, username="alice", password=PASSWORD):
+    return client.post("/auth/", json={"username": username, "password": password})
+
+
+def log_in(client, username="alice", password=PASSWORD):
+    return client.post("/auth/token", data={"username": username, "password": password})
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def token_for(client, username="alice", password=PASSWORD):
+    assert sign_up(client, username, password).status_code == 201
+    return log_in(client, username, password).json()["access_token"]
+
+
+def politely(request, *args, **kwargs):
+    """Send a request again after its Retry-After while the app answers 503, as a polite client does."""
+    for _ in range(100):
+        response = request(*args, **kwargs)
+        if response.status_code != 503:
+            return response
+        time.sleep(float(response.headers["Retry-After"]) / 10)
+    raise AssertionError("still 503 after 100 tries")
+
+
+def child_env(**changes):
+    """This process's environment, with these changes (None removes a variable), for a child in another folder."""
+    env = {**os.environ, "PYTHONPATH": str(PROJECT), **changes}
+    return {name: value for name, value in env.items() if value is not None}
+
+
+def run_python(code, workdir=None, **env_changes):
+    """Run code in a new Python process, in a working folder of its own unless one is given."""
+    workdir = workdir or tempfile.mkdtemp(dir=TEMP_DIR.name)
+    return subprocess.run(
+        [sys.executable, "-c", code], env=child_env(**env_changes), cwd=workdir, capture_output=True, text=True,
+        timeout=60,
+    )
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(*uvicorn_options, env=None, workdir=None):
+    """Start uvicorn with the app on a free port; return the process and its address once it answers.
+
+    A server that exits fails the test at once, with what it printed.
+    """
+    import httpx2
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1", "--port", str(port), *uvicorn_options],
+        cwd=workdir or TEMP_DIR.name,
+        env=env or child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        if server.poll() is not None:
+            raise AssertionError(f"uvicorn exited with code {server.returncode}:\n{server.stdout.read()}")
+        try:
+            httpx2.get(f"{base_url}/openapi.json")
+            return server, base_url
+        except httpx2.TransportError:
+            if time.monotonic() > deadline:
+                server.kill()
+                raise AssertionError(f"uvicorn did not answer in 30 s:\n{server.communicate()[0]}") from None
+            time.sleep(0.1)
+
+
+def stop_server(server):
+    server.terminate()
+    output, _ = server.communicate(timeout=30)
+    return output
