@@ -1,0 +1,247 @@
+"""Oversized bodies, a database that is away, and a server killed mid-stream."""
+
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx2
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import sessionmaker
+
+import database
+import main
+from conftest import (
+    PASSWORD,
+    TEMP_DIR,
+    TEST_DATABASE_URL,
+    bearer,
+    child_env,
+    free_port,
+    log_in,
+    postgres_only,
+    sign_up,
+    sqlite_only,
+    start_server,
+    stop_server,
+    token_for,
+)
+
+TOO_LARGE = {"detail": "Request body too large: the limit is 4096 bytes"}
+
+
+def chunks(total_bytes):
+    for _ in range(total_bytes // 1000):
+        yield b"x" * 1000
+
+
+BODY_ROUTES = [("/auth/", "application/json"), ("/auth/token", "application/x-www-form-urlencoded")]
+
+
+@pytest.mark.parametrize(("path", "content_type"), BODY_ROUTES)
+@pytest.mark.parametrize("declared", [True, False], ids=["with Content-Length", "chunked"])
+def test_a_body_over_the_limit_gets_413_with_the_limit(client, bcrypt_runs, path, content_type, declared):
+    body = b"x" * 5000 if declared else chunks(5000)
+
+    response = client.post(path, content=body, headers={"Content-Type": content_type})
+
+    assert ("content-length" in response.request.headers) is declared
+    assert response.status_code == 413
+    assert response.json() == TOO_LARGE
+    assert bcrypt_runs == []
+
+
+def test_the_largest_valid_sign_up_is_under_the_limit(client):
+    username, password = "\U0001d400" * 64, "\u0001" * 8 + "\u00e9" * 32
+    body = json.dumps({"username": username, "password": password})
+
+    response = client.post("/auth/", content=body, headers={"Content-Type": "application/json"})
+
+    assert 4096 // 4 < len(body.encode()) <= 4096
+    assert response.status_code == 201
+    assert log_in(client, response.json()["username"], password).status_code == 200
+
+
+def peak_memory_kb(pid):
+    return int(re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text()).group(1))
+
+
+def send_huge_body(port, path, content_type, declared, total_bytes=100 * 1024 * 1024):
+    """Stream a body until the server answers or hangs up; return the status line, the JSON body, the bytes sent."""
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+    head += f"Content-Length: {total_bytes}\r\n" if declared else "Transfer-Encoding: chunked\r\n"
+    piece = b"x" * 65536
+    with socket.create_connection(("127.0.0.1", port)) as connection:
+        connection.sendall(head.encode() + b"\r\n")
+        connection.settimeout(0.001)
+        answer, sent = b"", 0
+        while sent < total_bytes and b"\r\n\r\n" not in answer:
+            try:
+                connection.sendall(piece if declared else b"10000\r\n" + piece + b"\r\n")
+                sent += len(piece)
+                answer += connection.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        connection.settimeout(5)
+        while b"}" not in answer:
+            received = connection.recv(65536)
+            if not received:
+                break
+            answer += received
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head.split(b"\r\n")[0].decode(), json.loads(body), sent
+
+
+def test_server_memory_stays_flat_while_a_100_mb_body_is_refused():
+    server, base_url = start_server()
+    port = int(base_url.rsplit(":", 1)[1])
+    try:
+        for path in ("/auth/", "/auth/token"):  # warm both routes up, so the peak counts only the refusals
+            httpx2.post(f"{base_url}{path}", content=b"x" * 5000)
+        before = peak_memory_kb(server.pid)
+        answers = [
+            send_huge_body(port, path, content_type, declared)
+            for path, content_type in BODY_ROUTES
+            for declared in (True, False)
+        ]
+        after = peak_memory_kb(server.pid)
+    finally:
+        stop_server(server)
+
+    for status_line, body, sent in answers:
+        assert status_line.startswith("HTTP/1.1 413 ")
+        assert body == TOO_LARGE
+        assert sent < 100 * 1024 * 1024
+    assert after - before < 5 * 1024
+
+
+def database_answers_with(monkeypatch, engine):
+    monkeypatch.setattr(database, "SessionLocal", sessionmaker(engine, expire_on_commit=False))
+
+
+def assert_unavailable(response):
+    assert response.status_code == 503
+    assert response.json() == {"detail": "The database is unavailable: try again in a few seconds"}
+    assert response.headers["Retry-After"] == "5"
+
+
+@sqlite_only
+def test_a_write_lock_held_too_long_gets_503_then_the_next_request_succeeds(client, monkeypatch, caplog):
+    token = token_for(client)
+    database_answers_with(monkeypatch, create_engine(database.engine.url, connect_args={"timeout": 0.2}))
+    lock_holder = sqlite3.connect(database.engine.url.database)
+    lock_holder.execute("BEGIN IMMEDIATE")
+    caplog.clear()
+
+    locked = sign_up(client, "bob")
+    lock_holder.rollback()
+    lock_holder.close()
+
+    assert_unavailable(locked)
+    [warning] = [record.getMessage() for record in caplog.records if record.name == "main"]
+    assert warning == "Database unavailable: OperationalError: database is locked"
+    assert sign_up(client, "bob").status_code == 201
+    assert client.get("/", headers=bearer(token)).status_code == 200
+
+
+@postgres_only
+def test_postgres_down_gets_503_within_the_timeout_with_one_warning(client, monkeypatch, caplog):
+    token = token_for(client)
+    down = database.engine.url.set(host="127.0.0.1", port=free_port())
+    database_answers_with(monkeypatch, create_engine(down, pool_pre_ping=True, connect_args={"connect_timeout": 5}))
+    caplog.clear()
+
+    started = time.monotonic()
+    answers = [client.get("/", headers=bearer(token)), sign_up(client, "bob"), log_in(client)]
+    elapsed = time.monotonic() - started
+
+    for response in answers:
+        assert_unavailable(response)
+    warnings = [record.getMessage() for record in caplog.records if record.name == "main"]
+    assert len(warnings) == 3
+    assert all(warning.startswith("Database unavailable: OperationalError: connection failed") for warning in warnings)
+    assert database.engine.url.password not in caplog.text
+    assert elapsed < 15
+
+
+@postgres_only
+def test_cut_postgres_connections_are_replaced_without_a_restart(client):
+    token = token_for(client)
+    with database.engine.connect() as admin:
+        admin.execute(
+            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND datname = current_database()")
+        )
+
+    assert [client.get("/", headers=bearer(token)).status_code for _ in range(10)] == [200] * 10
+
+
+def test_a_genuine_database_defect_is_still_a_500(caplog):
+    with TestClient(main.app, raise_server_exceptions=False) as client:
+        token = token_for(client)
+        with database.engine.begin() as connection:
+            connection.execute(text("DROP TABLE users"))
+        caplog.set_level(logging.ERROR)
+
+        response = client.get("/", headers=bearer(token))
+
+    assert response.status_code == 500
+    assert "Database unavailable" not in caplog.text
+
+
+SIGN_UP_CLIENTS = 4
+
+
+def sign_up_until_the_server_dies(base_url, client_number, acknowledged):
+    for number in range(100_000):
+        username = f"user-{client_number}-{number}"
+        try:
+            response = httpx2.post(f"{base_url}/auth/", json={"username": username, "password": PASSWORD})
+        except httpx2.TransportError:
+            return
+        if response.status_code == 201:
+            acknowledged.append(username)
+
+
+def test_a_killed_server_loses_no_acknowledged_sign_up_nor_counted_failure():
+    workdir = Path(TEMP_DIR.name, "crash")
+    workdir.mkdir()
+    env = child_env()
+    if not TEST_DATABASE_URL:
+        env["DATABASE_URL"] = f"sqlite:///{workdir}/crash.db"
+    server, base_url = start_server(env=env, workdir=workdir)
+    acknowledged = []
+    try:
+        for _ in range(5):
+            httpx2.post(f"{base_url}/auth/token", data={"username": "victim", "password": "not the password"})
+        with ThreadPoolExecutor(SIGN_UP_CLIENTS) as pool:
+            for number in range(SIGN_UP_CLIENTS):
+                pool.submit(sign_up_until_the_server_dies, base_url, number, acknowledged)
+            time.sleep(2)
+            os.kill(server.pid, signal.SIGKILL)
+    finally:
+        stop_server(server)
+
+    server, base_url = start_server(env=env, workdir=workdir)
+    try:
+        with httpx2.Client(base_url=base_url) as http:
+            logins = [http.post("/auth/token", data={"username": name, "password": PASSWORD}) for name in acknowledged]
+            victim = http.post("/auth/token", data={"username": "victim", "password": "not the password"})
+    finally:
+        stop_server(server)
+
+    assert len(acknowledged) > 20
+    assert [response.status_code for response in logins] == [200] * len(acknowledged)
+    assert victim.status_code == 429
+    if not TEST_DATABASE_URL:
+        with sqlite3.connect(workdir / "crash.db") as check:
+            assert check.execute("PRAGMA integrity_check").fetchall() == [("ok",)]

@@ -1,0 +1,242 @@
+"""Password guessing is throttled per client address and username; hashing never starves the rest of the app."""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from anyio import CapacityLimiter
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, delete, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+import auth
+import database
+import main
+from config import settings
+from conftest import PASSWORD, bearer, log_in, run_python, sign_up, token_for
+from models import LoginFailure, User
+
+ATTACKER = ("203.0.113.7", 50000)
+
+
+@pytest.fixture
+def attacker():
+    with TestClient(main.app, client=ATTACKER) as client:
+        yield client
+
+
+def fail(client, times, username="alice"):
+    return [log_in(client, username, "not the password").status_code for _ in range(times)]
+
+
+def count_failures():
+    with Session(database.engine) as session:
+        return session.scalar(select(func.count()).select_from(LoginFailure))
+
+
+def test_five_failures_then_429_with_retry_after_until_the_oldest_leaves_the_window(client):
+    sign_up(client)
+
+    assert fail(client, 5) == [401] * 5
+    refused = log_in(client, password="not the password")
+
+    assert refused.status_code == 429
+    assert refused.json() == {"detail": f"Too many failed logins: wait {refused.headers['Retry-After']} seconds before trying again"}
+    assert 898 <= int(refused.headers["Retry-After"]) <= 900
+
+
+def test_the_right_password_is_refused_while_throttled(client):
+    sign_up(client)
+    fail(client, 5)
+
+    assert log_in(client).status_code == 429
+
+
+def test_failures_stop_counting_when_they_leave_the_window(client, monkeypatch):
+    monkeypatch.setattr(settings, "login_window_seconds", 1)
+    sign_up(client)
+    fail(client, 5)
+    refused = log_in(client)
+    assert (refused.status_code, refused.headers["Retry-After"]) == (429, "1")
+
+    time.sleep(1.1)
+
+    assert log_in(client).status_code == 200
+
+
+def test_failures_outside_the_window_are_deleted(client, monkeypatch):
+    monkeypatch.setattr(settings, "login_window_seconds", 1)
+    fail(client, 3, "nobody")
+    time.sleep(1.1)
+
+    fail(client, 1, "nobody")
+
+    assert count_failures() == 1
+
+
+def test_an_unknown_username_is_counted_and_refused_exactly_like_a_real_one(client):
+    sign_up(client)
+
+    real = [log_in(client, "alice", "not the password") for _ in range(7)]
+    unknown = [log_in(client, "nobody", "not the password") for _ in range(7)]
+
+    assert [response.status_code for response in real] == [401] * 5 + [429] * 2
+    for real_answer, unknown_answer in zip(real, unknown, strict=True):
+        assert unknown_answer.status_code == real_answer.status_code
+        assert unknown_answer.headers.keys() == real_answer.headers.keys()
+        if real_answer.status_code == 429:
+            assert abs(int(unknown_answer.headers["Retry-After"]) - int(real_answer.headers["Retry-After"])) <= 1
+        else:
+            assert unknown_answer.json() == real_answer.json()
+            assert unknown_answer.headers == real_answer.headers
+
+
+def test_a_successful_login_clears_the_count_of_its_pair(client):
+    sign_up(client)
+    fail(client, 4)
+    assert log_in(client).status_code == 200
+
+    assert fail(client, 5) == [401] * 5
+    assert log_in(client).status_code == 429
+
+
+def test_another_address_can_still_log_in_while_an_attacker_is_refused(client, attacker):
+    sign_up(client)
+
+    assert fail(attacker, 6) == [401] * 5 + [429]
+
+    assert log_in(client).status_code == 200
+    assert log_in(attacker).status_code == 429
+
+
+def test_one_address_is_capped_across_usernames(client, attacker, monkeypatch):
+    monkeypatch.setattr(settings, "login_max_failures", 2)
+    sign_up(client)
+
+    sprayed = [status for number in range(20) for status in fail(attacker, 2, f"user-{number}")]
+
+    assert sprayed == [401] * 40
+    assert log_in(attacker, "someone-else").status_code == 429
+    assert log_in(attacker).status_code == 429
+    assert log_in(client).status_code == 200
+
+
+def test_a_refused_attempt_runs_no_bcrypt(client, bcrypt_runs):
+    sign_up(client)
+    fail(client, 5)
+    bcrypt_runs.clear()
+
+    assert log_in(client).status_code == 429
+    assert bcrypt_runs == []
+
+
+def test_each_refused_attempt_logs_one_warning_with_address_and_username(attacker, caplog):
+    fail(attacker, 5)
+    caplog.clear()
+
+    fail(attacker, 2)
+
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert warnings == ["Login refused for 'alice' from 203.0.113.7: too many failed logins"] * 2
+    assert "not the password" not in caplog.text
+
+
+def test_zero_max_failures_turns_the_throttle_off(client, monkeypatch):
+    monkeypatch.setattr(settings, "login_max_failures", 0)
+    sign_up(client)
+
+    assert fail(client, 8) == [401] * 8
+    assert log_in(client).status_code == 200
+    assert count_failures() == 0
+
+
+ANOTHER_INSTANCE = """
+from fastapi.testclient import TestClient
+import main
+with TestClient(main.app) as client:
+    print(client.post("/auth/token", data={"username": "alice", "password": "correct horse"}).status_code)
+"""
+
+
+def test_counts_are_shared_with_another_app_instance_and_kept_across_a_restart(client):
+    sign_up(client)
+    fail(client, 5)
+
+    another = run_python(ANOTHER_INSTANCE)
+
+    assert another.stdout.split() == ["429"], another.stderr
+
+
+def test_signup_and_login_get_503_with_retry_after_when_the_hashing_backlog_is_full(client, monkeypatch):
+    token = token_for(client)
+    monkeypatch.setattr(auth, "hashing_threads", CapacityLimiter(1))
+    monkeypatch.setattr(auth, "MAX_WAITING_HASHES", 1)
+    hashing, may_finish = threading.Event(), threading.Event()
+    real_verify = auth.password_context.verify_and_update
+
+    def parked_verify(*args):
+        hashing.set()
+        may_finish.wait(timeout=10)
+        return real_verify(*args)
+
+    monkeypatch.setattr(auth.password_context, "verify_and_update", parked_verify)
+    with ThreadPoolExecutor(2) as pool:
+        hashing_now = pool.submit(log_in, client)
+        assert hashing.wait(timeout=10)
+        waiting = pool.submit(log_in, client)
+        deadline = time.monotonic() + 10
+        while auth.hashing_threads.statistics().tasks_waiting < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+        refused = [log_in(client), sign_up(client, "bob"), log_in(client, "nobody")]
+        greeting = client.get("/", headers=bearer(token))
+        may_finish.set()
+        assert [hashing_now.result(timeout=10).status_code, waiting.result(timeout=10).status_code] == [200, 200]
+
+    for response in refused:
+        assert response.status_code == 503
+        assert response.json() == {"detail": "Too many logins and sign-ups at once: try again in a second"}
+        assert response.headers["Retry-After"] == "1"
+    assert greeting.status_code == 200
+    assert count_failures() == 0
+
+
+def test_no_database_connection_is_held_while_bcrypt_runs(client, monkeypatch):
+    token = token_for(client, "bob")
+    one_connection = create_engine(database.engine.url, pool_size=1, max_overflow=0, pool_timeout=5)
+    monkeypatch.setattr(database, "SessionLocal", sessionmaker(one_connection, expire_on_commit=False))
+    hashing, may_finish = threading.Event(), threading.Event()
+    real_verify = auth.password_context.verify_and_update
+
+    def parked_verify(*args):
+        hashing.set()
+        may_finish.wait(timeout=10)
+        return real_verify(*args)
+
+    monkeypatch.setattr(auth.password_context, "verify_and_update", parked_verify)
+    with ThreadPoolExecutor(2) as pool:
+        logging_in = pool.submit(log_in, client, "bob")
+        assert hashing.wait(timeout=10)
+        pool_in_use = one_connection.pool.checkedout()
+        greeting = client.get("/", headers=bearer(token))
+        may_finish.set()
+        assert logging_in.result(timeout=10).status_code == 200
+
+    assert greeting.status_code == 200
+    assert pool_in_use == 0
+    one_connection.dispose()
+
+
+def test_the_token_of_a_deleted_account_does_not_open_a_new_account_of_the_same_name(client):
+    sign_up(client, "bob")
+    token = token_for(client)
+    with Session(database.engine) as session:
+        session.execute(delete(User).where(User.username == "alice"))
+        session.commit()
+
+    again = sign_up(client)
+
+    assert again.status_code == 201
+    assert again.json()["id"] != 2
+    assert client.get("/users/me", headers=bearer(token)).status_code == 401
