@@ -5,11 +5,11 @@ import os
 import secrets
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal, TypeVar
 
-from anyio import CapacityLimiter, to_thread
+from anyio import CapacityLimiter, WouldBlock, to_thread
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
 from fastapi.security import OAuth2PasswordBearer, OAuth2PasswordRequestForm
@@ -46,8 +46,10 @@ SECONDS_PER_HASH = time.perf_counter() - started
 
 CORES = os.cpu_count() or 1
 hashing_threads = CapacityLimiter(CORES)
-# As many hashes may wait as the cores finish in about a second, so an accepted request waits about that long.
+# Besides one hash per core, as many may wait as the cores finish in about a second: an accepted request
+# waits about that long at most, and the next one is told at once to come back.
 MAX_WAITING_HASHES = max(CORES, round(CORES / SECONDS_PER_HASH))
+requests_that_hash = CapacityLimiter(CORES + MAX_WAITING_HASHES)
 
 T = TypeVar("T")
 
@@ -133,13 +135,21 @@ BAD_LOGIN = "Incorrect username or password"
 BAD_TOKEN = "Could not validate credentials"
 
 
-def refuse_if_hashing_is_backed_up() -> None:
-    if hashing_threads.statistics().tasks_waiting >= MAX_WAITING_HASHES:
+async def hashing_turn() -> AsyncIterator[None]:
+    """A sign-up or login holds a turn from its start to its end; with none free it gets 503 before any work."""
+    turn = object()
+    try:
+        requests_that_hash.acquire_on_behalf_of_nowait(turn)
+    except WouldBlock:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             "Too many logins and sign-ups at once: try again in a second",
             headers={"Retry-After": "1"},
-        )
+        ) from None
+    try:
+        yield
+    finally:
+        requests_that_hash.release_on_behalf_of(turn)
 
 
 async def hash_off_the_loop(work: Callable[..., T], *args: str) -> T:
@@ -153,12 +163,13 @@ def wrong_credentials() -> JSONResponse:
     return JSONResponse(body.model_dump(), status.HTTP_401_UNAUTHORIZED, {"WWW-Authenticate": "Bearer", **NO_STORE})
 
 
-def check_throttle_and_find_user(
-    session: Session, client_address: str, username: str
-) -> tuple[int | None, User | None]:
+def begin_attempt(session: Session, client_address: str, username: str) -> tuple[int | None, User | None]:
+    """Refuse a throttled pair; otherwise count the attempt as failed until it succeeds, so that attempts
+    still hashing count too, and look the user up."""
     wait = throttle.seconds_to_wait(session, client_address, username)
     if wait is not None:
         return wait, None
+    throttle.record_failure(session, client_address, username)
     return None, session.scalar(select(User).where(User.username == username))
 
 
@@ -231,9 +242,9 @@ def add_user(session: Session, username: str, hashed_password: str) -> User:
     response_model=UserPublic,
     responses={status.HTTP_409_CONFLICT: {"model": Detail, "description": "Username already registered"}}
     | BUSY_RESPONSE,
+    dependencies=[Depends(hashing_turn)],
 )
 async def sign_up(new_user: UserCreate) -> User:
-    refuse_if_hashing_is_backed_up()
     hashed_password = await hash_off_the_loop(password_context.hash, new_user.password)
     return await in_session(lambda session: add_user(session, new_user.username, hashed_password))
 
@@ -246,6 +257,7 @@ async def sign_up(new_user: UserCreate) -> User:
         status.HTTP_429_TOO_MANY_REQUESTS: {"model": Detail, "description": "Too many failed logins: wait"},
     }
     | BUSY_RESPONSE,
+    dependencies=[Depends(hashing_turn)],
 )
 async def log_in(
     form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request, response: Response
@@ -258,9 +270,8 @@ async def log_in(
         credentials = UserCreate(username=form.username, password=form.password)
     except ValidationError:
         return wrong_credentials()
-    refuse_if_hashing_is_backed_up()
     address, username = request.client.host if request.client else "", credentials.username
-    wait, user = await in_session(lambda session: check_throttle_and_find_user(session, address, username))
+    wait, user = await in_session(lambda session: begin_attempt(session, address, username))
     if wait is not None:
         logger.warning("Login refused for %r from %s: too many failed logins", username, address)
         raise HTTPException(
@@ -271,7 +282,6 @@ async def log_in(
     stored_hash = user.hashed_password if user else DUMMY_HASH
     matches, new_hash = await hash_off_the_loop(password_context.verify_and_update, credentials.password, stored_hash)
     if user is None or not matches:
-        await in_session(lambda session: throttle.record_failure(session, address, username))
         return wrong_credentials()
     await in_session(lambda session: record_success(session, address, user, new_hash))
     response.headers.update(NO_STORE)

@@ -67,11 +67,12 @@ class Base(DeclarativeBase):
 
 
 def create_tables() -> None:
-    """Create missing tables. Workers starting together may race to do it: the losers look again."""
-    try:
-        Base.metadata.create_all(engine)
-    except DatabaseError:
-        Base.metadata.create_all(engine)
+    """Create missing tables. Workers starting together may race to create one: the loser looks again."""
+    for table in Base.metadata.sorted_tables:
+        try:
+            table.create(engine, checkfirst=True)
+        except DatabaseError:
+            table.create(engine, checkfirst=True)
 
 
 T = TypeVar("T")
