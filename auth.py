@@ -5,7 +5,7 @@ import os
 import secrets
 import time
 import unicodedata
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal, TypeVar
 
@@ -49,7 +49,7 @@ hashing_threads = CapacityLimiter(CORES)
 # Besides one hash per core, as many may wait as the cores finish in about a second: an accepted request
 # waits about that long at most, and the next one is told at once to come back.
 MAX_WAITING_HASHES = max(CORES, round(CORES / SECONDS_PER_HASH))
-requests_that_hash = CapacityLimiter(CORES + MAX_WAITING_HASHES)
+places_to_hash = CapacityLimiter(CORES + MAX_WAITING_HASHES)
 
 T = TypeVar("T")
 
@@ -135,26 +135,34 @@ BAD_LOGIN = "Incorrect username or password"
 BAD_TOKEN = "Could not validate credentials"
 
 
-async def hashing_turn() -> AsyncIterator[None]:
-    """A sign-up or login holds a turn from its start to its end; with none free it gets 503 before any work."""
-    turn = object()
-    try:
-        requests_that_hash.acquire_on_behalf_of_nowait(turn)
-    except WouldBlock:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            "Too many logins and sign-ups at once: try again in a second",
-            headers={"Retry-After": "1"},
-        ) from None
-    try:
-        yield
-    finally:
-        requests_that_hash.release_on_behalf_of(turn)
+def too_busy() -> HTTPException:
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        "Too many logins and sign-ups at once: try again in a second",
+        headers={"Retry-After": "1"},
+    )
+
+
+def refuse_if_hashing_is_full() -> None:
+    """Answer 503 at once, before any database work, when every place to hash is taken."""
+    if places_to_hash.available_tokens == 0:
+        raise too_busy()
 
 
 async def hash_off_the_loop(work: Callable[..., T], *args: str) -> T:
-    """bcrypt runs on threads of its own, one per core, so the threads that serve other requests stay free."""
-    return await to_thread.run_sync(work, *args, limiter=hashing_threads)
+    """Hash in one of a bounded number of places, on threads of bcrypt's own (one per core).
+
+    The threads that serve every other request stay free, and a refused login or sign-up never takes a place.
+    """
+    place = object()
+    try:
+        places_to_hash.acquire_on_behalf_of_nowait(place)
+    except WouldBlock:
+        raise too_busy() from None
+    try:
+        return await to_thread.run_sync(work, *args, limiter=hashing_threads)
+    finally:
+        places_to_hash.release_on_behalf_of(place)
 
 
 def wrong_credentials() -> JSONResponse:
@@ -163,13 +171,12 @@ def wrong_credentials() -> JSONResponse:
     return JSONResponse(body.model_dump(), status.HTTP_401_UNAUTHORIZED, {"WWW-Authenticate": "Bearer", **NO_STORE})
 
 
-def begin_attempt(session: Session, client_address: str, username: str) -> tuple[int | None, User | None]:
-    """Refuse a throttled pair; otherwise count the attempt as failed until it succeeds, so that attempts
-    still hashing count too, and look the user up."""
+def check_throttle_and_find_user(
+    session: Session, client_address: str, username: str
+) -> tuple[int | None, User | None]:
     wait = throttle.seconds_to_wait(session, client_address, username)
     if wait is not None:
         return wait, None
-    throttle.record_failure(session, client_address, username)
     return None, session.scalar(select(User).where(User.username == username))
 
 
@@ -242,7 +249,6 @@ def add_user(session: Session, username: str, hashed_password: str) -> User:
     response_model=UserPublic,
     responses={status.HTTP_409_CONFLICT: {"model": Detail, "description": "Username already registered"}}
     | BUSY_RESPONSE,
-    dependencies=[Depends(hashing_turn)],
 )
 async def sign_up(new_user: UserCreate) -> User:
     hashed_password = await hash_off_the_loop(password_context.hash, new_user.password)
@@ -257,7 +263,6 @@ async def sign_up(new_user: UserCreate) -> User:
         status.HTTP_429_TOO_MANY_REQUESTS: {"model": Detail, "description": "Too many failed logins: wait"},
     }
     | BUSY_RESPONSE,
-    dependencies=[Depends(hashing_turn)],
 )
 async def log_in(
     form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request, response: Response
@@ -270,8 +275,9 @@ async def log_in(
         credentials = UserCreate(username=form.username, password=form.password)
     except ValidationError:
         return wrong_credentials()
+    refuse_if_hashing_is_full()
     address, username = request.client.host if request.client else "", credentials.username
-    wait, user = await in_session(lambda session: begin_attempt(session, address, username))
+    wait, user = await in_session(lambda session: check_throttle_and_find_user(session, address, username))
     if wait is not None:
         logger.warning("Login refused for %r from %s: too many failed logins", username, address)
         raise HTTPException(
@@ -282,6 +288,7 @@ async def log_in(
     stored_hash = user.hashed_password if user else DUMMY_HASH
     matches, new_hash = await hash_off_the_loop(password_context.verify_and_update, credentials.password, stored_hash)
     if user is None or not matches:
+        await in_session(lambda session: throttle.record_failure(session, address, username))
         return wrong_credentials()
     await in_session(lambda session: record_success(session, address, user, new_hash))
     response.headers.update(NO_STORE)

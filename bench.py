@@ -211,7 +211,7 @@ async def storm(port: int, login: tuple, answers: list[tuple[int, float | None]]
                     return time.perf_counter() - started
                 if status not in (429, 503) or retry_after is None:
                     return None
-                await asyncio.sleep(retry_after)
+                await asyncio.sleep(min(retry_after, deadline - time.perf_counter()))
             return None
         finally:
             connection.close()

@@ -171,7 +171,7 @@ def test_counts_are_shared_with_another_app_instance_and_kept_across_a_restart(c
 def test_signup_and_login_get_503_with_retry_after_when_the_hashing_backlog_is_full(client, monkeypatch):
     token = token_for(client)
     monkeypatch.setattr(auth, "hashing_threads", CapacityLimiter(1))
-    monkeypatch.setattr(auth, "requests_that_hash", CapacityLimiter(2))
+    monkeypatch.setattr(auth, "places_to_hash", CapacityLimiter(2))
     hashing, may_finish = threading.Event(), threading.Event()
     real_verify = auth.password_context.verify_and_update
 
