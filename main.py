@@ -15,7 +15,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from auth import BAD_TOKEN_RESPONSE, BUSY_RESPONSE, CurrentUser, Detail, UserPublic, router
 from config import settings
 from database import create_tables, is_unavailable
-from models import User
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +105,7 @@ async def greet(user: CurrentUser) -> Message:
 
 
 @app.get("/users/me", response_model=UserPublic, responses=BAD_TOKEN_RESPONSE | BUSY_RESPONSE)
-async def read_current_user(user: CurrentUser) -> User:
+async def read_current_user(user: CurrentUser) -> UserPublic:
     return user
 
 

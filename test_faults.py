@@ -126,6 +126,7 @@ def test_server_memory_stays_flat_while_a_100_mb_body_is_refused():
 
 
 def database_answers_with(monkeypatch, engine):
+    monkeypatch.setattr(database, "engine", engine)
     monkeypatch.setattr(database, "SessionLocal", sessionmaker(engine, expire_on_commit=False))
 
 
