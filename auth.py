@@ -15,7 +15,14 @@ from fastapi.responses import JSONResponse
 from fastapi.security import OAuth2PasswordBearer, OAuth2PasswordRequestForm
 from jose import JWTError, jwt
 from passlib.context import CryptContext
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -40,7 +47,9 @@ def make_random_key() -> str:
 SECRET_KEY = settings.secret_key or make_random_key()
 
 MAX_PASSWORD_BYTES = 72
-password_context = CryptContext(schemes=["bcrypt"], deprecated="auto", bcrypt__rounds=settings.bcrypt_rounds)
+password_context = CryptContext(
+    schemes=["bcrypt"], deprecated="auto", bcrypt__rounds=settings.bcrypt_rounds
+)
 started = time.perf_counter()
 DUMMY_HASH = password_context.hash("checked when the username is unknown")
 SECONDS_PER_HASH = time.perf_counter() - started
@@ -51,6 +60,9 @@ hashing_threads = CapacityLimiter(CORES)
 # waits about that long at most, and the next one is told at once to come back.
 MAX_WAITING_HASHES = max(CORES, round(CORES / SECONDS_PER_HASH))
 places_to_hash = CapacityLimiter(CORES + MAX_WAITING_HASHES)
+# Sign-ups and logins read and write on a few threads of their own too: a flood of them queues there,
+# and the threads that serve every other request stay free.
+login_database_threads = CapacityLimiter(CORES)
 
 T = TypeVar("T")
 
@@ -65,9 +77,13 @@ def normalize_username(value: object) -> object:
 
 def fits_bcrypt(password: str) -> str:
     if len(password.encode()) > MAX_PASSWORD_BYTES:
-        raise ValueError(f"Password must be at most {MAX_PASSWORD_BYTES} bytes in UTF-8: bcrypt ignores the rest")
+        raise ValueError(
+            f"Password must be at most {MAX_PASSWORD_BYTES} bytes in UTF-8: bcrypt ignores the rest"
+        )
     if "\x00" in password:
-        raise ValueError("Password must not contain the NUL character: bcrypt cannot hash it")
+        raise ValueError(
+            "Password must not contain the NUL character: bcrypt cannot hash it"
+        )
     return password
 
 
@@ -111,7 +127,9 @@ class UserPublic(BaseModel):
 class Token(BaseModel):
     access_token: str
     token_type: Literal["bearer"]
-    expires_in: int = Field(description="Seconds until the token expires", examples=[1800])
+    expires_in: int = Field(
+        description="Seconds until the token expires", examples=[1800]
+    )
 
 
 class LoginError(BaseModel):
@@ -168,8 +186,14 @@ async def hash_off_the_loop(work: Callable[..., T], *args: str) -> T:
 
 def wrong_credentials() -> JSONResponse:
     """The same answer for an unknown user and a wrong password, so nobody can probe which names exist."""
-    body = LoginError(detail=BAD_LOGIN, error="invalid_grant", error_description=BAD_LOGIN)
-    return JSONResponse(body.model_dump(), status.HTTP_401_UNAUTHORIZED, {"WWW-Authenticate": "Bearer", **NO_STORE})
+    body = LoginError(
+        detail=BAD_LOGIN, error="invalid_grant", error_description=BAD_LOGIN
+    )
+    return JSONResponse(
+        body.model_dump(),
+        status.HTTP_401_UNAUTHORIZED,
+        {"WWW-Authenticate": "Bearer", **NO_STORE},
+    )
 
 
 def check_throttle_and_find_user(
@@ -181,10 +205,14 @@ def check_throttle_and_find_user(
     return None, session.scalar(select(User).where(User.username == username))
 
 
-def record_success(session: Session, client_address: str, user: User, new_hash: str | None) -> None:
+def record_success(
+    session: Session, client_address: str, user: User, new_hash: str | None
+) -> None:
     throttle.clear_failures(session, client_address, user.username)
     if new_hash:
-        session.execute(update(User).where(User.id == user.id).values(hashed_password=new_hash))
+        session.execute(
+            update(User).where(User.id == user.id).values(hashed_password=new_hash)
+        )
         session.commit()
 
 
@@ -200,22 +228,33 @@ def create_access_token(user: User) -> str:
 
 
 def unauthorized(challenge: str) -> HTTPException:
-    return HTTPException(status.HTTP_401_UNAUTHORIZED, BAD_TOKEN, headers={"WWW-Authenticate": challenge})
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, BAD_TOKEN, headers={"WWW-Authenticate": challenge}
+    )
 
 
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="auth/token", auto_error=False)
 
 
-async def get_current_user(token: Annotated[str | None, Depends(oauth2_scheme)]) -> UserPublic:
+async def get_current_user(
+    token: Annotated[str | None, Depends(oauth2_scheme)],
+) -> UserPublic:
     """Accept only our own unexpired tokens, for a user who still exists.
 
     Checking the token is quick work for the event loop; loading the user is the one trip to a worker thread.
     """
     if not token:
         raise unauthorized("Bearer")
-    invalid_token = unauthorized(f'Bearer error="invalid_token", error_description="{BAD_TOKEN}"')
+    invalid_token = unauthorized(
+        f'Bearer error="invalid_token", error_description="{BAD_TOKEN}"'
+    )
     try:
-        payload = jwt.decode(token, SECRET_KEY, algorithms=[settings.algorithm], options={"require_exp": True})
+        payload = jwt.decode(
+            token,
+            SECRET_KEY,
+            algorithms=[settings.algorithm],
+            options={"require_exp": True},
+        )
         claims = TokenClaims.model_validate(payload)
     except (JWTError, ValidationError):
         raise invalid_token from None
@@ -228,14 +267,21 @@ async def get_current_user(token: Annotated[str | None, Depends(oauth2_scheme)])
 def find_public_user(user_id: int) -> UserPublic | None:
     """Every protected request comes here: a plain connection does it in a quarter of an ORM session's time."""
     with database.engine.connect() as connection:
-        row = connection.execute(select(User.id, User.username).where(User.id == user_id)).first()
+        row = connection.execute(
+            select(User.id, User.username).where(User.id == user_id)
+        ).first()
     return UserPublic.model_validate(row) if row else None
 
 
 CurrentUser = Annotated[UserPublic, Depends(get_current_user)]
-BAD_TOKEN_RESPONSE = {status.HTTP_401_UNAUTHORIZED: {"description": "Missing, invalid or expired token"}}
+BAD_TOKEN_RESPONSE = {
+    status.HTTP_401_UNAUTHORIZED: {"description": "Missing, invalid or expired token"}
+}
 BUSY_RESPONSE = {
-    status.HTTP_503_SERVICE_UNAVAILABLE: {"model": Detail, "description": "Too busy, or the database is away"}
+    status.HTTP_503_SERVICE_UNAVAILABLE: {
+        "model": Detail,
+        "description": "Too busy, or the database is away",
+    }
 }
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -247,7 +293,9 @@ def add_user(session: Session, username: str, hashed_password: str) -> User:
     try:
         session.commit()
     except IntegrityError:
-        raise HTTPException(status.HTTP_409_CONFLICT, "Username already registered") from None
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, "Username already registered"
+        ) from None
     return user
 
 
@@ -255,12 +303,20 @@ def add_user(session: Session, username: str, hashed_password: str) -> User:
     "/",
     status_code=status.HTTP_201_CREATED,
     response_model=UserPublic,
-    responses={status.HTTP_409_CONFLICT: {"model": Detail, "description": "Username already registered"}}
+    responses={
+        status.HTTP_409_CONFLICT: {
+            "model": Detail,
+            "description": "Username already registered",
+        }
+    }
     | BUSY_RESPONSE,
 )
 async def sign_up(new_user: UserCreate) -> User:
     hashed_password = await hash_off_the_loop(password_context.hash, new_user.password)
-    return await in_session(lambda session: add_user(session, new_user.username, hashed_password))
+    return await in_session(
+        lambda session: add_user(session, new_user.username, hashed_password),
+        login_database_threads,
+    )
 
 
 @router.post(
@@ -268,12 +324,17 @@ async def sign_up(new_user: UserCreate) -> User:
     response_model=Token,
     responses={
         status.HTTP_401_UNAUTHORIZED: {"model": LoginError, "description": BAD_LOGIN},
-        status.HTTP_429_TOO_MANY_REQUESTS: {"model": Detail, "description": "Too many failed logins: wait"},
+        status.HTTP_429_TOO_MANY_REQUESTS: {
+            "model": Detail,
+            "description": "Too many failed logins: wait",
+        },
     }
     | BUSY_RESPONSE,
 )
 async def log_in(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request, response: Response
+    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    request: Request,
+    response: Response,
 ) -> Token | JSONResponse:
     """Each step holds only what it needs: a pooled connection to read, a hashing thread to hash, then to write.
 
@@ -284,21 +345,41 @@ async def log_in(
     except ValidationError:
         return wrong_credentials()
     refuse_if_hashing_is_full()
-    address, username = request.client.host if request.client else "", credentials.username
-    wait, user = await in_session(lambda session: check_throttle_and_find_user(session, address, username))
+    address, username = (
+        request.client.host if request.client else "",
+        credentials.username,
+    )
+    wait, user = await in_session(
+        lambda session: check_throttle_and_find_user(session, address, username),
+        login_database_threads,
+    )
     if wait is not None:
-        logger.warning("Login refused for %r from %s: too many failed logins", username, address)
+        logger.warning(
+            "Login refused for %r from %s: too many failed logins", username, address
+        )
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
             f"Too many failed logins: wait {wait} seconds before trying again",
             headers={"Retry-After": str(wait)},
         )
     stored_hash = user.hashed_password if user else DUMMY_HASH
-    matches, new_hash = await hash_off_the_loop(password_context.verify_and_update, credentials.password, stored_hash)
+    matches, new_hash = await hash_off_the_loop(
+        password_context.verify_and_update, credentials.password, stored_hash
+    )
     if user is None or not matches:
-        await in_session(lambda session: throttle.record_failure(session, address, username))
+        await in_session(
+            lambda session: throttle.record_failure(session, address, username),
+            login_database_threads,
+        )
         return wrong_credentials()
-    await in_session(lambda session: record_success(session, address, user, new_hash))
+    await in_session(
+        lambda session: record_success(session, address, user, new_hash),
+        login_database_threads,
+    )
     response.headers.update(NO_STORE)
     expires_in = settings.access_token_expire_minutes * 60
-    return Token(access_token=create_access_token(user), token_type="bearer", expires_in=expires_in)
+    return Token(
+        access_token=create_access_token(user),
+        token_type="bearer",
+        expires_in=expires_in,
+    )

@@ -3,9 +3,15 @@
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
 from sqlalchemy import URL, Engine, create_engine, event, make_url
-from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DatabaseError,
+    DBAPIError,
+    NoSuchModuleError,
+    OperationalError,
+)
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -78,7 +84,9 @@ def create_tables() -> None:
 T = TypeVar("T")
 
 
-async def in_session(work: Callable[[Session], T]) -> T:
+async def in_session(
+    work: Callable[[Session], T], limiter: CapacityLimiter | None = None
+) -> T:
     """Run database work in a worker thread, with a session that is closed (and so rolled back) as soon as it ends.
 
     A request holds a pooled connection and a thread only while it talks to the database, never while it hashes.
@@ -88,7 +96,7 @@ async def in_session(work: Callable[[Session], T]) -> T:
         with SessionLocal() as session:
             return work(session)
 
-    return await to_thread.run_sync(run)
+    return await to_thread.run_sync(run, limiter=limiter)
 
 
 UNAVAILABLE_SQLSTATES = ("08", "53300", "57P01", "57P02", "57P03")
