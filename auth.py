@@ -7,7 +7,7 @@ import time
 import unicodedata
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from anyio import CapacityLimiter, WouldBlock, to_thread
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
@@ -27,9 +27,9 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+import database
 import throttle
 from config import MAKE_KEY, settings
-import database
 from database import in_session
 from models import User
 
@@ -47,9 +47,7 @@ def make_random_key() -> str:
 SECRET_KEY = settings.secret_key or make_random_key()
 
 MAX_PASSWORD_BYTES = 72
-password_context = CryptContext(
-    schemes=["bcrypt"], deprecated="auto", bcrypt__rounds=settings.bcrypt_rounds
-)
+password_context = CryptContext(schemes=["bcrypt"], deprecated="auto", bcrypt__rounds=settings.bcrypt_rounds)
 started = time.perf_counter()
 DUMMY_HASH = password_context.hash("checked when the username is unknown")
 SECONDS_PER_HASH = time.perf_counter() - started
@@ -77,13 +75,9 @@ def normalize_username(value: object) -> object:
 
 def fits_bcrypt(password: str) -> str:
     if len(password.encode()) > MAX_PASSWORD_BYTES:
-        raise ValueError(
-            f"Password must be at most {MAX_PASSWORD_BYTES} bytes in UTF-8: bcrypt ignores the rest"
-        )
+        raise ValueError(f"Password must be at most {MAX_PASSWORD_BYTES} bytes in UTF-8: bcrypt ignores the rest")
     if "\x00" in password:
-        raise ValueError(
-            "Password must not contain the NUL character: bcrypt cannot hash it"
-        )
+        raise ValueError("Password must not contain the NUL character: bcrypt cannot hash it")
     return password
 
 
@@ -126,10 +120,8 @@ class UserPublic(BaseModel):
 
 class Token(BaseModel):
     access_token: str
-    token_type: Literal["bearer"]
-    expires_in: int = Field(
-        description="Seconds until the token expires", examples=[1800]
-    )
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105 (the kind of token, not a secret)
+    expires_in: int = Field(description="Seconds until the token expires", examples=[1800])
 
 
 class LoginError(BaseModel):
@@ -151,7 +143,7 @@ class Detail(BaseModel):
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 BAD_LOGIN = "Incorrect username or password"
-BAD_TOKEN = "Could not validate credentials"
+CREDENTIALS_REFUSED = "Could not validate credentials"
 
 
 def too_busy() -> HTTPException:
@@ -186,9 +178,7 @@ async def hash_off_the_loop(work: Callable[..., T], *args: str) -> T:
 
 def wrong_credentials() -> JSONResponse:
     """The same answer for an unknown user and a wrong password, so nobody can probe which names exist."""
-    body = LoginError(
-        detail=BAD_LOGIN, error="invalid_grant", error_description=BAD_LOGIN
-    )
+    body = LoginError(detail=BAD_LOGIN, error="invalid_grant", error_description=BAD_LOGIN)
     return JSONResponse(
         body.model_dump(),
         status.HTTP_401_UNAUTHORIZED,
@@ -205,14 +195,10 @@ def check_throttle_and_find_user(
     return None, session.scalar(select(User).where(User.username == username))
 
 
-def record_success(
-    session: Session, client_address: str, user: User, new_hash: str | None
-) -> None:
+def record_success(session: Session, client_address: str, user: User, new_hash: str | None) -> None:
     throttle.clear_failures(session, client_address, user.username)
     if new_hash:
-        session.execute(
-            update(User).where(User.id == user.id).values(hashed_password=new_hash)
-        )
+        session.execute(update(User).where(User.id == user.id).values(hashed_password=new_hash))
         session.commit()
 
 
@@ -228,9 +214,7 @@ def create_access_token(user: User) -> str:
 
 
 def unauthorized(challenge: str) -> HTTPException:
-    return HTTPException(
-        status.HTTP_401_UNAUTHORIZED, BAD_TOKEN, headers={"WWW-Authenticate": challenge}
-    )
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, CREDENTIALS_REFUSED, headers={"WWW-Authenticate": challenge})
 
 
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="auth/token", auto_error=False)
@@ -245,9 +229,7 @@ async def get_current_user(
     """
     if not token:
         raise unauthorized("Bearer")
-    invalid_token = unauthorized(
-        f'Bearer error="invalid_token", error_description="{BAD_TOKEN}"'
-    )
+    invalid_token = unauthorized(f'Bearer error="invalid_token", error_description="{CREDENTIALS_REFUSED}"')
     try:
         payload = jwt.decode(
             token,
@@ -267,17 +249,15 @@ async def get_current_user(
 def find_public_user(user_id: int) -> UserPublic | None:
     """Every protected request comes here: a plain connection does it in a quarter of an ORM session's time."""
     with database.engine.connect() as connection:
-        row = connection.execute(
-            select(User.id, User.username).where(User.id == user_id)
-        ).first()
+        row = connection.execute(select(User.id, User.username).where(User.id == user_id)).first()
     return UserPublic.model_validate(row) if row else None
 
 
 CurrentUser = Annotated[UserPublic, Depends(get_current_user)]
-BAD_TOKEN_RESPONSE = {
+BAD_TOKEN_RESPONSE: dict[int | str, dict[str, Any]] = {
     status.HTTP_401_UNAUTHORIZED: {"description": "Missing, invalid or expired token"}
 }
-BUSY_RESPONSE = {
+BUSY_RESPONSE: dict[int | str, dict[str, Any]] = {
     status.HTTP_503_SERVICE_UNAVAILABLE: {
         "model": Detail,
         "description": "Too busy, or the database is away",
@@ -293,9 +273,7 @@ def add_user(session: Session, username: str, hashed_password: str) -> User:
     try:
         session.commit()
     except IntegrityError:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT, "Username already registered"
-        ) from None
+        raise HTTPException(status.HTTP_409_CONFLICT, "Username already registered") from None
     return user
 
 
@@ -304,12 +282,9 @@ def add_user(session: Session, username: str, hashed_password: str) -> User:
     status_code=status.HTTP_201_CREATED,
     response_model=UserPublic,
     responses={
-        status.HTTP_409_CONFLICT: {
-            "model": Detail,
-            "description": "Username already registered",
-        }
-    }
-    | BUSY_RESPONSE,
+        status.HTTP_409_CONFLICT: {"model": Detail, "description": "Username already registered"},
+        **BUSY_RESPONSE,
+    },
 )
 async def sign_up(new_user: UserCreate) -> User:
     hashed_password = await hash_off_the_loop(password_context.hash, new_user.password)
@@ -324,12 +299,9 @@ async def sign_up(new_user: UserCreate) -> User:
     response_model=Token,
     responses={
         status.HTTP_401_UNAUTHORIZED: {"model": LoginError, "description": BAD_LOGIN},
-        status.HTTP_429_TOO_MANY_REQUESTS: {
-            "model": Detail,
-            "description": "Too many failed logins: wait",
-        },
-    }
-    | BUSY_RESPONSE,
+        status.HTTP_429_TOO_MANY_REQUESTS: {"model": Detail, "description": "Too many failed logins: wait"},
+        **BUSY_RESPONSE,
+    },
 )
 async def log_in(
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
@@ -354,18 +326,14 @@ async def log_in(
         login_database_threads,
     )
     if wait is not None:
-        logger.warning(
-            "Login refused for %r from %s: too many failed logins", username, address
-        )
+        logger.warning("Login refused for %r from %s: too many failed logins", username, address)
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
             f"Too many failed logins: wait {wait} seconds before trying again",
             headers={"Retry-After": str(wait)},
         )
     stored_hash = user.hashed_password if user else DUMMY_HASH
-    matches, new_hash = await hash_off_the_loop(
-        password_context.verify_and_update, credentials.password, stored_hash
-    )
+    matches, new_hash = await hash_off_the_loop(password_context.verify_and_update, credentials.password, stored_hash)
     if user is None or not matches:
         await in_session(
             lambda session: throttle.record_failure(session, address, username),
@@ -380,6 +348,5 @@ async def log_in(
     expires_in = settings.access_token_expire_minutes * 60
     return Token(
         access_token=create_access_token(user),
-        token_type="bearer",
         expires_in=expires_in,
     )

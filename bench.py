@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from itertools import repeat, takewhile
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 PROJECT = Path(__file__).resolve().parent
@@ -50,6 +51,8 @@ TARGETS = {
     "abuse_unexpected_answers": (0, 0),
 }
 STORM_CLIENTS, FLOOD_CLIENTS = 100, 64
+Request = tuple[str, str, bytes, tuple[str, ...]]
+Answers = list[tuple[int, float | None]]
 EXPECTED_UNDER_ABUSE = {200, 401, 429, 503}
 
 
@@ -85,22 +88,22 @@ class Connection:
         self.writer.close()
 
 
-def log_in_request(username: str, password: str) -> tuple:
+def log_in_request(username: str, password: str) -> Request:
     body = urlencode({"username": username, "password": password}).encode()
     return "POST", "/auth/token", body, ("Content-Type: application/x-www-form-urlencoded",)
 
 
-def sign_up_request(username: str) -> tuple:
+def sign_up_request(username: str) -> Request:
     body = json.dumps({"username": username, "password": PASSWORD}).encode()
     return "POST", "/auth/", body, ("Content-Type: application/json",)
 
 
-def for_seconds(seconds: float, request: tuple) -> Iterator[tuple]:
+def for_seconds(seconds: float, request: Request) -> Iterator[Request]:
     deadline = time.perf_counter() + seconds
     return takewhile(lambda _: time.perf_counter() < deadline, repeat(request))
 
 
-async def run_requests(port: int, clients: int, requests: Iterable[tuple]) -> tuple[float, list[int]]:
+async def run_requests(port: int, clients: int, requests: Iterable[Request]) -> tuple[float, list[int]]:
     """Send the requests over this many connections at once; return the seconds taken and the statuses."""
     pending = iter(requests)
     statuses: list[int] = []
@@ -119,7 +122,9 @@ async def run_requests(port: int, clients: int, requests: Iterable[tuple]) -> tu
     return elapsed, statuses
 
 
-async def requests_per_second(port: int, clients: int, requests: Iterable[tuple], expected_status: int = 200) -> float:
+async def requests_per_second(
+    port: int, clients: int, requests: Iterable[Request], expected_status: int = 200
+) -> float:
     elapsed, statuses = await run_requests(port, clients, requests)
     assert set(statuses) == {expected_status}, set(statuses)
     return len(statuses) / elapsed
@@ -137,10 +142,11 @@ async def token_for(port: int, username: str) -> str:
     status, body = await connection.request(*log_in_request(username, PASSWORD))
     connection.close()
     assert status == 200, body
-    return json.loads(body)["access_token"]
+    token: str = json.loads(body)["access_token"]
+    return token
 
 
-async def measure(app_port: int, bare_port: int, quick: bool) -> dict:
+async def measure(app_port: int, bare_port: int, quick: bool) -> dict[str, Any]:
     rounds = 2 if quick else 3
     await requests_per_second(app_port, 1, [sign_up_request("bench-user")], expected_status=201)
     greeting = ("GET", "/", b"", (f"Authorization: Bearer {await token_for(app_port, 'bench-user')}",))
@@ -182,10 +188,10 @@ async def measure(app_port: int, bare_port: int, quick: bool) -> dict:
     }
 
 
-async def sample_latency(port: int, greeting: tuple, stop: asyncio.Event) -> float:
+async def sample_latency(port: int, greeting: Request, stop: asyncio.Event) -> float:
     """A logged-in user's GET /, one request every 50 ms until told to stop; return the median latency."""
     connection = await Connection.open(port)
-    latencies = []
+    latencies: list[float] = []
     while not stop.is_set() or not latencies:
         started = time.perf_counter()
         status, _ = await connection.request(*greeting)
@@ -196,7 +202,7 @@ async def sample_latency(port: int, greeting: tuple, stop: asyncio.Event) -> flo
     return statistics.median(latencies)
 
 
-async def storm(port: int, login: tuple, answers: list[tuple[int, float | None]]) -> list[float]:
+async def storm(port: int, login: Request, answers: Answers) -> list[float]:
     """STORM_CLIENTS log in at once, each retrying after Retry-After; return when each got its token."""
     started = time.perf_counter()
     deadline = started + 120
@@ -219,7 +225,7 @@ async def storm(port: int, login: tuple, answers: list[tuple[int, float | None]]
     return [seconds for seconds in await asyncio.gather(*(client() for _ in range(STORM_CLIENTS))) if seconds]
 
 
-async def flood(port: int, wrong_login: tuple, seconds: float, answers: list[tuple[int, float | None]]) -> None:
+async def flood(port: int, wrong_login: Request, seconds: float, answers: Answers) -> None:
     """FLOOD_CLIENTS post wrong passwords for one account back to back."""
 
     async def client() -> None:
@@ -232,12 +238,14 @@ async def flood(port: int, wrong_login: tuple, seconds: float, answers: list[tup
     await asyncio.gather(*(client() for _ in range(FLOOD_CLIENTS)))
 
 
-def unexpected(answers: list[tuple[int, float | None]]) -> int:
+def unexpected(answers: Answers) -> int:
     """Answers other than 200, 401, 429 and 503, and 429s and 503s without Retry-After."""
-    return sum(status not in EXPECTED_UNDER_ABUSE or (status in (429, 503) and after is None) for status, after in answers)
+    return sum(
+        status not in EXPECTED_UNDER_ABUSE or (status in (429, 503) and after is None) for status, after in answers
+    )
 
 
-async def measure_abuse(port: int) -> dict:
+async def measure_abuse(port: int) -> dict[str, Any]:
     for username in ("bench-user", "flood-target"):
         await requests_per_second(port, 1, [sign_up_request(username)], expected_status=201)
     greeting = ("GET", "/", b"", (f"Authorization: Bearer {await token_for(port, 'bench-user')}",))
@@ -247,14 +255,14 @@ async def measure_abuse(port: int) -> dict:
     idle_stop.set()
     idle = await idle_sampler
 
-    storm_answers: list[tuple[int, float | None]] = []
+    storm_answers: Answers = []
     storm_stop = asyncio.Event()
     storm_sampler = asyncio.create_task(sample_latency(port, greeting, storm_stop))
     token_times = await storm(port, log_in_request("bench-user", PASSWORD), storm_answers)
     storm_stop.set()
     storm_latency = await storm_sampler
 
-    flood_answers: list[tuple[int, float | None]] = []
+    flood_answers: Answers = []
     flood_stop = asyncio.Event()
     flood_sampler = asyncio.create_task(sample_latency(port, greeting, flood_stop))
     await flood(port, log_in_request("flood-target", "wrong password"), 10, flood_answers)
@@ -283,10 +291,11 @@ async def measure_abuse(port: int) -> dict:
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        port: int = probe.getsockname()[1]
+        return port
 
 
-def start_server(app: str, app_dir: Path, port: int, workdir: Path, env: dict) -> subprocess.Popen:
+def start_server(app: str, app_dir: Path, port: int, workdir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """Start uvicorn; what it prints (a warning per throttled login, in the flood) goes to a file in workdir."""
     command = [sys.executable, "-m", "uvicorn", app, "--app-dir", str(app_dir)]
     command += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning"]
@@ -294,7 +303,7 @@ def start_server(app: str, app_dir: Path, port: int, workdir: Path, env: dict) -
     return subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def wait_until_listening(port: int, server: subprocess.Popen, workdir: Path) -> None:
+def wait_until_listening(port: int, server: subprocess.Popen[bytes], workdir: Path) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -309,11 +318,11 @@ def wait_until_listening(port: int, server: subprocess.Popen, workdir: Path) -> 
 
 
 def resident_memory_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return round(int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024, 1)
+    found = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return round(int(found.group(1)) / 1024, 1) if found else 0.0
 
 
-def target_lines(figures: dict) -> tuple[list[str], bool]:
+def target_lines(figures: dict[str, Any]) -> tuple[list[str], bool]:
     lines, all_met = [], True
     for name, (low, high) in TARGETS.items():
         value = figures[name]
@@ -341,7 +350,12 @@ def main() -> int:
         (workdir / "bare_app.py").write_text(BARE_APP)
         defaults = {name: value for name, value in os.environ.items() if name not in APP_SETTINGS + THROTTLE_SETTINGS}
         key = "bench-only-key-" + secrets.token_hex(16)
-        env = {**defaults, "DATABASE_URL": f"sqlite:///{workdir}/bench.db", "SECRET_KEY": key, "LOGIN_MAX_FAILURES": "0"}
+        env = {
+            **defaults,
+            "DATABASE_URL": f"sqlite:///{workdir}/bench.db",
+            "SECRET_KEY": key,
+            "LOGIN_MAX_FAILURES": "0",
+        }
         abuse_env = {**defaults, "DATABASE_URL": f"sqlite:///{workdir}/abuse.db", "SECRET_KEY": key}
         ports = {"app": free_port(), "bare": free_port(), "abuse": free_port()}
         servers = {

@@ -5,6 +5,7 @@ from typing import Literal, get_args, get_origin
 from annotated_types import Ge, Le, MinLen
 from pydantic import Field, ValidationError
 from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MAKE_KEY = "echo \"SECRET_KEY=$(python -c 'import secrets; print(secrets.token_hex(32))')\" >> .env"
@@ -46,7 +47,7 @@ def allowed_values(field: FieldInfo) -> str:
     return f"a whole number from {bounds[Ge].ge} to {bounds[Le].le}"
 
 
-def explain(error: dict) -> str:
+def explain(error: ErrorDetails) -> str:
     name = str(error["loc"][0])
     field = Settings.model_fields[name]
     shown = f", not {error['input']!r}" if field.repr else ""

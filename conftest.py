@@ -36,9 +36,10 @@ for name in (
 ):
     os.environ.pop(name, None)
 
-import database  # noqa: E402
-import main  # noqa: E402
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
+
+import database
+import main
 
 postgres_only = pytest.mark.skipif(
     not TEST_DATABASE_URL,
@@ -113,7 +114,11 @@ def run_python(code, workdir=None, **env_changes):
     """Run code in a new Python process, in a working folder of its own unless one is given."""
     workdir = workdir or tempfile.mkdtemp(dir=TEMP_DIR.name)
     return subprocess.run(
-        [sys.executable, "-c", code], env=child_env(**env_changes), cwd=workdir, capture_output=True, text=True,
+        [sys.executable, "-c", code],
+        env=child_env(**env_changes),
+        cwd=workdir,
+        capture_output=True,
+        text=True,
         timeout=60,
     )
 
@@ -144,7 +149,7 @@ def start_server(*uvicorn_options, env=None, workdir=None):
     deadline = time.monotonic() + 30
     while True:
         if server.poll() is not None:
-            raise AssertionError(f"uvicorn exited with code {server.returncode}:\n{server.stdout.read()}")
+            raise AssertionError(f"uvicorn exited with code {server.returncode}:\n{server.communicate()[0]}")
         try:
             httpx2.get(f"{base_url}/openapi.json")
             return server, base_url

@@ -84,9 +84,7 @@ def create_tables() -> None:
 T = TypeVar("T")
 
 
-async def in_session(
-    work: Callable[[Session], T], limiter: CapacityLimiter | None = None
-) -> T:
+async def in_session(work: Callable[[Session], T], limiter: CapacityLimiter | None = None) -> T:
     """Run database work in a worker thread, with a session that is closed (and so rolled back) as soon as it ends.
 
     A request holds a pooled connection and a thread only while it talks to the database, never while it hashes.

@@ -44,7 +44,9 @@ app = FastAPI(
 app.include_router(
     router,
     max_body_size=MAX_BODY_BYTES,
-    responses={status.HTTP_413_CONTENT_TOO_LARGE: {"model": Detail, "description": f"Body over {MAX_BODY_BYTES} bytes"}},
+    responses={
+        status.HTTP_413_CONTENT_TOO_LARGE: {"model": Detail, "description": f"Body over {MAX_BODY_BYTES} bytes"}
+    },
 )
 
 
@@ -104,7 +106,7 @@ async def greet(user: CurrentUser) -> Message:
     return Message(message=f"Hello, {user.username} with ID: {user.id}!")
 
 
-@app.get("/users/me", response_model=UserPublic, responses=BAD_TOKEN_RESPONSE | BUSY_RESPONSE)
+@app.get("/users/me", responses=BAD_TOKEN_RESPONSE | BUSY_RESPONSE)
 async def read_current_user(user: CurrentUser) -> UserPublic:
     return user
 

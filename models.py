@@ -7,7 +7,7 @@ from database import Base
 class User(Base):
     __tablename__ = "users"
     # SQLite would hand the id of a deleted user to the next one, and the old token would open the new account.
-    __table_args__ = {"sqlite_autoincrement": True}
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True, index=True)

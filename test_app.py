@@ -18,6 +18,7 @@ from jose import jwt
 from passlib.context import CryptContext
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import QueuePool
 
 import auth
 import database
@@ -41,6 +42,7 @@ from conftest import (
 )
 from models import User
 
+
 def count_users():
     with Session(database.engine) as session:
         return session.scalar(select(func.count()).select_from(User))
@@ -51,7 +53,7 @@ def stored_hash(username):
         return session.scalar(select(User.hashed_password).where(User.username == username))
 
 
-def b64(data: dict) -> str:
+def b64(data: dict[str, object]) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 
 
@@ -508,6 +510,7 @@ def test_a_failed_request_leaves_no_lock_and_no_half_written_user(monkeypatch):
         assert sign_up(client).status_code == 500
     monkeypatch.undo()
 
+    assert isinstance(database.engine.pool, QueuePool)
     assert database.engine.pool.checkedout() == 0
     assert count_users() == 0
     with TestClient(main.app) as client:
@@ -632,7 +635,9 @@ def test_unreachable_database_stops_start_up_with_a_clear_message():
 
 
 def test_port_setting_is_checked():
-    result = run_python(f"import runpy; runpy.run_path({str(PROJECT / 'main.py')!r}, run_name='__main__')", PORT="eighty")
+    result = run_python(
+        f"import runpy; runpy.run_path({str(PROJECT / 'main.py')!r}, run_name='__main__')", PORT="eighty"
+    )
 
     assert result.returncode == 1
     assert "PORT must be a whole number from 1 to 65535" in result.stderr

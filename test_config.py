@@ -142,7 +142,7 @@ def test_the_readme_table_lists_exactly_the_settings_with_their_defaults():
 
 def test_the_example_env_file_lists_every_setting_with_its_default():
     lines = (PROJECT / ".env.example").read_text().splitlines()
-    settings = dict(re.match(r"^#? ?([A-Z_]+)=(.*)$", line).groups() for line in lines if re.match(r"^#? ?[A-Z_]+=", line))
+    settings = dict(re.findall(r"^#? ?([A-Z_]+)=(.*)$", "\n".join(lines), re.MULTILINE))
 
     assert list(settings) == [name.upper() for name in config.Settings.model_fields]
     for name, field in config.Settings.model_fields.items():

@@ -71,7 +71,8 @@ def test_the_largest_valid_sign_up_is_under_the_limit(client):
 
 
 def peak_memory_kb(pid):
-    return int(re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text()).group(1))
+    [peak] = re.findall(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return int(peak)
 
 
 def send_huge_body(port, path, content_type, declared, total_bytes=100 * 1024 * 1024):
@@ -98,8 +99,8 @@ def send_huge_body(port, path, content_type, declared, total_bytes=100 * 1024 * 
             if not received:
                 break
             answer += received
-    head, _, body = answer.partition(b"\r\n\r\n")
-    return head.split(b"\r\n")[0].decode(), json.loads(body), sent
+    response_head, _, body = answer.partition(b"\r\n\r\n")
+    return response_head.split(b"\r\n")[0].decode(), json.loads(body), sent
 
 
 def test_server_memory_stays_flat_while_a_100_mb_body_is_refused():
@@ -140,7 +141,7 @@ def assert_unavailable(response):
 def test_a_write_lock_held_too_long_gets_503_then_the_next_request_succeeds(client, monkeypatch, caplog):
     token = token_for(client)
     database_answers_with(monkeypatch, create_engine(database.engine.url, connect_args={"timeout": 0.2}))
-    lock_holder = sqlite3.connect(database.engine.url.database)
+    lock_holder = sqlite3.connect(str(database.engine.url.database))
     lock_holder.execute("BEGIN IMMEDIATE")
     caplog.clear()
 
@@ -180,7 +181,10 @@ def test_cut_postgres_connections_are_replaced_without_a_restart(client):
     token = token_for(client)
     with database.engine.connect() as admin:
         admin.execute(
-            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND datname = current_database()")
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE pid <> pg_backend_pid() AND datname = current_database()"
+            )
         )
 
     assert [client.get("/", headers=bearer(token)).status_code for _ in range(10)] == [200] * 10
@@ -220,7 +224,7 @@ def test_a_killed_server_loses_no_acknowledged_sign_up_nor_counted_failure():
     if not TEST_DATABASE_URL:
         env["DATABASE_URL"] = f"sqlite:///{workdir}/crash.db"
     server, base_url = start_server(env=env, workdir=workdir)
-    acknowledged = []
+    acknowledged: list[str] = []
     try:
         for _ in range(5):
             httpx2.post(f"{base_url}/auth/token", data={"username": "victim", "password": "not the password"})

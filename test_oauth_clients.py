@@ -4,8 +4,8 @@ import time
 
 import pytest
 import requests
-from authlib.integrations.base_client.errors import OAuthError
-from authlib.integrations.requests_client import OAuth2Session as AuthlibSession
+from authlib.integrations.base_client.errors import OAuthError  # type: ignore[import-untyped]  # Authlib has no type hints
+from authlib.integrations.requests_client import OAuth2Session as AuthlibSession  # type: ignore[import-untyped]  # as above
 from jose import jwt
 from oauthlib.oauth2 import InvalidGrantError, LegacyApplicationClient
 from requests_oauthlib import OAuth2Session
@@ -23,7 +23,10 @@ def base_url():
 
 @pytest.fixture
 def alice(base_url):
-    assert requests.post(f"{base_url}/auth/", json={"username": "alice", "password": PASSWORD}).status_code == 201
+    assert (
+        requests.post(f"{base_url}/auth/", json={"username": "alice", "password": PASSWORD}, timeout=10).status_code
+        == 201
+    )
 
 
 @pytest.fixture

@@ -9,12 +9,13 @@ from anyio import CapacityLimiter
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import QueuePool
 
 import auth
 import database
 import main
 from config import settings
-from conftest import PASSWORD, bearer, log_in, run_python, sign_up, token_for
+from conftest import bearer, log_in, run_python, sign_up, token_for
 from models import LoginFailure, User
 
 ATTACKER = ("203.0.113.7", 50000)
@@ -42,7 +43,9 @@ def test_five_failures_then_429_with_retry_after_until_the_oldest_leaves_the_win
     refused = log_in(client, password="not the password")
 
     assert refused.status_code == 429
-    assert refused.json() == {"detail": f"Too many failed logins: wait {refused.headers['Retry-After']} seconds before trying again"}
+    assert refused.json() == {
+        "detail": f"Too many failed logins: wait {refused.headers['Retry-After']} seconds before trying again"
+    }
     assert 898 <= int(refused.headers["Retry-After"]) <= 900
 
 
@@ -218,6 +221,7 @@ def test_no_database_connection_is_held_while_bcrypt_runs(client, monkeypatch):
     with ThreadPoolExecutor(2) as pool:
         logging_in = pool.submit(log_in, client, "bob")
         assert hashing.wait(timeout=10)
+        assert isinstance(one_connection.pool, QueuePool)
         pool_in_use = one_connection.pool.checkedout()
         greeting = client.get("/", headers=bearer(token))
         may_finish.set()
