@@ -171,6 +171,10 @@ def test_log_in_returns_a_bearer_token_with_the_expected_claims(client):
     assert claims["id"] == 1
     assert before <= claims["iat"] <= int(time.time())
     assert claims["exp"] - claims["iat"] == 30 * 60
+    assert abs(claims["exp"] - (time.time() + 30 * 60)) < 5
+    assert body["expires_in"] == claims["exp"] - claims["iat"]
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["Pragma"] == "no-cache"
 
 
 def test_token_lifetime_follows_access_token_expire_minutes(client, monkeypatch):

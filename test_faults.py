@@ -15,6 +15,8 @@ import httpx2
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import IntegrityError, InvalidRequestError, OperationalError, ProgrammingError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import sessionmaker
 
 import database
@@ -250,3 +252,49 @@ def test_a_killed_server_loses_no_acknowledged_sign_up_nor_counted_failure():
     if not TEST_DATABASE_URL:
         with sqlite3.connect(workdir / "crash.db") as check:
             assert check.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
+class DriverError(Exception):
+    """Stands for a driver's exception: psycopg's carry a SQLSTATE, sqlite3's an error name."""
+
+    def __init__(self, sqlstate=None, sqlite_errorname=None):
+        super().__init__("driver message")
+        if sqlstate:
+            self.sqlstate = sqlstate
+        if sqlite_errorname:
+            self.sqlite_errorname = sqlite_errorname
+
+
+DATABASE_ERRORS = {
+    "no pooled connection came free": (PoolTimeoutError("QueuePool limit reached"), True),
+    "the connection dropped": (OperationalError("SELECT 1", {}, DriverError(), connection_invalidated=True), True),
+    "SQLite busy": (OperationalError("INSERT", {}, DriverError(sqlite_errorname="SQLITE_BUSY")), True),
+    "SQLite locked table": (OperationalError("INSERT", {}, DriverError(sqlite_errorname="SQLITE_LOCKED")), True),
+    "SQLite missing table": (OperationalError("SELECT", {}, DriverError(sqlite_errorname="SQLITE_ERROR")), False),
+    "psycopg could not connect": (OperationalError("SELECT", {}, DriverError()), True),
+    "PostgreSQL connection failure": (OperationalError("SELECT", {}, DriverError(sqlstate="08006")), True),
+    "PostgreSQL too many connections": (OperationalError("SELECT", {}, DriverError(sqlstate="53300")), True),
+    "PostgreSQL shutting down": (OperationalError("SELECT", {}, DriverError(sqlstate="57P01")), True),
+    "PostgreSQL starting up": (OperationalError("SELECT", {}, DriverError(sqlstate="57P03")), True),
+    "PostgreSQL missing table": (ProgrammingError("SELECT", {}, DriverError(sqlstate="42P01")), False),
+    "PostgreSQL duplicate key": (IntegrityError("INSERT", {}, DriverError(sqlstate="23505")), False),
+    "a driver error with no SQLSTATE that is not operational": (ProgrammingError("SELECT", {}, DriverError()), False),
+    "not a driver error at all": (InvalidRequestError("bad use of the ORM"), False),
+}
+
+
+@pytest.mark.parametrize(("error", "unavailable"), DATABASE_ERRORS.values(), ids=DATABASE_ERRORS.keys())
+def test_unavailable_or_busy_is_told_apart_from_a_defect(error, unavailable):
+    assert database.is_unavailable(error) is unavailable
+
+
+def test_no_free_pooled_connection_gets_503(client, monkeypatch):
+    token = token_for(client)
+    one_connection = create_engine(database.engine.url, pool_size=1, max_overflow=0, pool_timeout=0.1)
+    database_answers_with(monkeypatch, one_connection)
+
+    with one_connection.connect():
+        response = client.get("/", headers=bearer(token))
+
+    assert_unavailable(response)
+    one_connection.dispose()
