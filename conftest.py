@@ -5,8 +5,10 @@ database named by TEST_DATABASE_URL. The tests run in a temporary working folder
 own .env and auth.db are never read or touched.
 """
 
+import atexit
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,10 +22,13 @@ import pytest
 
 PROJECT = Path(__file__).resolve().parent
 TEST_DATABASE_URL = os.getenv("TEST_DATABASE_URL")
-TEMP_DIR = tempfile.TemporaryDirectory(prefix="auth-demo-tests-")
-os.chdir(TEMP_DIR.name)
-os.environ["DATABASE_URL"] = TEST_DATABASE_URL or f"sqlite:///{TEMP_DIR.name}/test.db"
-os.environ["SECRET_KEY"] = "test-key-made-per-run-" + secrets.token_hex(16)
+if "AUTH_DEMO_TEST_FOLDER" not in os.environ:  # once a process, though pytest may run again in it (mutmut does)
+    os.environ["AUTH_DEMO_TEST_FOLDER"] = tempfile.mkdtemp(prefix="auth-demo-tests-")
+    atexit.register(shutil.rmtree, os.environ["AUTH_DEMO_TEST_FOLDER"], ignore_errors=True)
+    os.environ["DATABASE_URL"] = TEST_DATABASE_URL or f"sqlite:///{os.environ['AUTH_DEMO_TEST_FOLDER']}/test.db"
+    os.environ["SECRET_KEY"] = "test-key-made-per-run-" + secrets.token_hex(16)
+TEST_FOLDER = os.environ["AUTH_DEMO_TEST_FOLDER"]
+os.chdir(TEST_FOLDER)
 os.environ["BCRYPT_ROUNDS"] = "4"
 for name in (
     "ALGORITHM",
@@ -105,14 +110,18 @@ def politely(request, *args, **kwargs):
 
 
 def child_env(**changes):
-    """This process's environment, with these changes (None removes a variable), for a child in another folder."""
-    env = {**os.environ, "PYTHONPATH": str(PROJECT), **changes}
+    """This process's environment, with these changes (None removes a variable), for a child in another folder.
+
+    mutmut's first pass maps tests to functions in the test process only; a child would look for its settings.
+    """
+    mutmut_stats = {"MUTANT_UNDER_TEST": None} if os.environ.get("MUTANT_UNDER_TEST") == "stats" else {}
+    env = {**os.environ, "PYTHONPATH": str(PROJECT), **mutmut_stats, **changes}
     return {name: value for name, value in env.items() if value is not None}
 
 
 def run_python(code, workdir=None, **env_changes):
     """Run code in a new Python process, in a working folder of its own unless one is given."""
-    workdir = workdir or tempfile.mkdtemp(dir=TEMP_DIR.name)
+    workdir = workdir or tempfile.mkdtemp(dir=TEST_FOLDER)
     return subprocess.run(
         [sys.executable, "-c", code],
         env=child_env(**env_changes),
@@ -139,7 +148,7 @@ def start_server(*uvicorn_options, env=None, workdir=None):
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1", "--port", str(port), *uvicorn_options],
-        cwd=workdir or TEMP_DIR.name,
+        cwd=workdir or TEST_FOLDER,
         env=env or child_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -27,7 +27,7 @@ from config import settings
 from conftest import (
     PASSWORD,
     PROJECT,
-    TEMP_DIR,
+    TEST_FOLDER,
     bearer,
     free_port,
     log_in,
@@ -572,9 +572,10 @@ SECRET_LOOKING = {
 
 
 def test_no_file_in_the_repository_holds_a_secret():
-    listing = subprocess.run(["git", "ls-files", "-z"], cwd=PROJECT, capture_output=True, text=True)
-    if listing.returncode != 0:
-        pytest.skip("not a git checkout: nothing to say about what the repository holds")
+    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=PROJECT, capture_output=True, text=True)
+    if top.returncode != 0 or Path(top.stdout.strip()) != PROJECT:
+        pytest.skip("not a git checkout of the project: nothing to say about what the repository holds")
+    listing = subprocess.run(["git", "ls-files", "-z"], cwd=PROJECT, capture_output=True, text=True, check=True)
     files = [PROJECT / name for name in listing.stdout.split("\0") if name]
     assert PROJECT / "auth.py" in files
 
@@ -630,7 +631,7 @@ def test_bad_setting_stops_start_up_with_one_line(variable, value, message):
 def test_unreachable_database_stops_start_up_with_a_clear_message():
     result = run_python(
         f"import runpy; runpy.run_path({str(PROJECT / 'main.py')!r}, run_name='__main__')",
-        DATABASE_URL=f"sqlite:///{TEMP_DIR.name}/no-such-folder/auth.db",
+        DATABASE_URL=f"sqlite:///{TEST_FOLDER}/no-such-folder/auth.db",
         PORT=str(free_port()),
     )
 
@@ -694,7 +695,7 @@ def test_two_workers_share_tokens_and_allow_one_account_per_name():
     import httpx2
 
     database.Base.metadata.drop_all(database.engine)  # both workers create the tables at once
-    log_config = Path(TEMP_DIR.name, "log-config.json")
+    log_config = Path(TEST_FOLDER, "log-config.json")
     log_config.write_text(json.dumps(ACCESS_LOG_WITH_PROCESS_ID))
     server, base_url = start_server("--workers", "2", "--log-config", str(log_config))
     try:

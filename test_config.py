@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 
 import config
-from conftest import PROJECT, TEMP_DIR, run_python
+from conftest import PROJECT, TEST_FOLDER, run_python
 
 KEY_FROM_ENV_FILE = "key-from-a-dot-env-file-" + "k" * 16
 SHOW_SETTINGS = "import auth; print(auth.SECRET_KEY, auth.settings.access_token_expire_minutes)"
 
 
 def folder_with_env_file(text):
-    workdir = tempfile.mkdtemp(dir=TEMP_DIR.name)
+    workdir = tempfile.mkdtemp(dir=TEST_FOLDER)
     Path(workdir, ".env").write_text(text)
     return workdir
 

@@ -7,6 +7,7 @@ import re
 import signal
 import socket
 import sqlite3
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,8 +24,8 @@ import database
 import main
 from conftest import (
     PASSWORD,
-    TEMP_DIR,
     TEST_DATABASE_URL,
+    TEST_FOLDER,
     bearer,
     child_env,
     free_port,
@@ -220,8 +221,7 @@ def sign_up_until_the_server_dies(base_url, client_number, acknowledged):
 
 
 def test_a_killed_server_loses_no_acknowledged_sign_up_nor_counted_failure():
-    workdir = Path(TEMP_DIR.name, "crash")
-    workdir.mkdir()
+    workdir = Path(tempfile.mkdtemp(dir=TEST_FOLDER))
     env = child_env()
     if not TEST_DATABASE_URL:
         env["DATABASE_URL"] = f"sqlite:///{workdir}/crash.db"
