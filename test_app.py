@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,11 +13,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urljoin
 
+import httpx2
 import pytest
 from fastapi.testclient import TestClient
 from jose import jwt
 from passlib.context import CryptContext
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool
 
@@ -29,6 +31,7 @@ from conftest import (
     PROJECT,
     TEST_FOLDER,
     bearer,
+    child_env,
     free_port,
     log_in,
     politely,
@@ -594,9 +597,15 @@ def test_without_secret_key_each_process_makes_its_own_and_warns():
 
     assert first.returncode == second.returncode == 0
     assert len(first.stdout.strip()) >= 32
+    assert re.fullmatch(r"[0-9a-f]{64}\n", first.stdout)
     assert first.stdout != second.stdout
     assert "SECRET_KEY is not set" in first.stderr
     assert len(first.stderr.strip().splitlines()) == 1
+    assert first.stderr == (
+        "SECRET_KEY is not set: using a random key, so tokens stop working when the app restarts; "
+        "put a key in .env with: "
+        "echo \"SECRET_KEY=$(python -c 'import secrets; print(secrets.token_hex(32))')\" >> .env\n"
+    )
 
 
 def test_bcrypt_cost_defaults_to_12():
@@ -608,15 +617,55 @@ def test_bcrypt_cost_defaults_to_12():
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
-        ("ACCESS_TOKEN_EXPIRE_MINUTES", "soon", "ACCESS_TOKEN_EXPIRE_MINUTES must be a whole number"),
-        ("ACCESS_TOKEN_EXPIRE_MINUTES", "0", "ACCESS_TOKEN_EXPIRE_MINUTES must be a whole number"),
-        ("SECRET_KEY", "too-short", "SECRET_KEY must be at least 32 characters"),
-        ("ALGORITHM", "RS256", "ALGORITHM must be HS256, HS384 or HS512"),
-        ("BCRYPT_ROUNDS", "3", "BCRYPT_ROUNDS must be a whole number from 4 to 31"),
-        ("DATABASE_URL", "not a url", "DATABASE_URL is not a database URL"),
-        ("DATABASE_URL", "postgresql://user:hunter2hunter2@host:port/db", "DATABASE_URL is not a database URL"),
-        ("DATABASE_URL", "nosuchdb://user:hunter2hunter2@host/db", "SQLAlchemy knows no database called 'nosuchdb'"),
-        ("DATABASE_URL", "mysql://user:hunter2hunter2@host/db", "the driver for 'mysql' is not installed"),
+        (
+            "ACCESS_TOKEN_EXPIRE_MINUTES",
+            "soon",
+            "ACCESS_TOKEN_EXPIRE_MINUTES must be a whole number from 1 to 525600, not 'soon'; "
+            "change it in the environment or in .env",
+        ),
+        (
+            "ACCESS_TOKEN_EXPIRE_MINUTES",
+            "0",
+            "ACCESS_TOKEN_EXPIRE_MINUTES must be a whole number from 1 to 525600, not '0'; "
+            "change it in the environment or in .env",
+        ),
+        (
+            "SECRET_KEY",
+            "too-short",
+            "SECRET_KEY must be at least 32 characters; make one with: "
+            "echo \"SECRET_KEY=$(python -c 'import secrets; print(secrets.token_hex(32))')\" >> .env",
+        ),
+        (
+            "ALGORITHM",
+            "RS256",
+            "ALGORITHM must be HS256, HS384 or HS512, not 'RS256'; change it in the environment or in .env",
+        ),
+        (
+            "BCRYPT_ROUNDS",
+            "3",
+            "BCRYPT_ROUNDS must be a whole number from 4 to 31, not '3'; change it in the environment or in .env",
+        ),
+        (
+            "DATABASE_URL",
+            "not a url",
+            "DATABASE_URL is not a database URL: use e.g. sqlite:///./auth.db or postgresql://user:password@host/dbname",
+        ),
+        (
+            "DATABASE_URL",
+            "postgresql://user:hunter2hunter2@host:port/db",
+            "DATABASE_URL is not a database URL: use e.g. sqlite:///./auth.db or postgresql://user:password@host/dbname",
+        ),
+        (
+            "DATABASE_URL",
+            "nosuchdb://user:hunter2hunter2@host/db",
+            "DATABASE_URL: SQLAlchemy knows no database called 'nosuchdb'; use sqlite:///... or postgresql://...",
+        ),
+        (
+            "DATABASE_URL",
+            "mysql://user:hunter2hunter2@host/db",
+            "DATABASE_URL: the driver for 'mysql' is not installed (MySQLdb); "
+            'for PostgreSQL run: pip install -e ".[postgres]"',
+        ),
     ],
 )
 def test_bad_setting_stops_start_up_with_one_line(variable, value, message):
@@ -625,6 +674,7 @@ def test_bad_setting_stops_start_up_with_one_line(variable, value, message):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert message in result.stderr
+    assert result.stderr == message + "\n"
     assert "hunter2" not in result.stderr
 
 
@@ -646,6 +696,9 @@ def test_port_setting_is_checked():
 
     assert result.returncode == 1
     assert "PORT must be a whole number from 1 to 65535" in result.stderr
+    assert result.stderr == (
+        "PORT must be a whole number from 1 to 65535, not 'eighty'; change it in the environment or in .env\n"
+    )
 
 
 @pytest.mark.parametrize(
@@ -722,3 +775,99 @@ def test_two_workers_share_tokens_and_allow_one_account_per_name():
     assert race == [201] + [409] * 9
     greeting_workers = set(re.findall(r"^(\d+) GET / HTTP/1.1 200", output, re.MULTILINE))
     assert len(greeting_workers) == 2, output
+
+
+SERVE_WITHOUT_SERVING = """
+import runpy, sys, uvicorn
+uvicorn.run = lambda app, **options: print(options)
+runpy.run_path(sys.argv[1], run_name="__main__")
+"""
+
+
+def test_python_main_py_listens_on_127_0_0_1_port_8000_by_default():
+    result = run_python(f"import sys; sys.argv[1:] = [{str(PROJECT / 'main.py')!r}]\n" + SERVE_WITHOUT_SERVING)
+
+    assert result.stdout == "{'host': '127.0.0.1', 'port': 8000}\n", result.stderr
+
+
+def test_python_main_py_listens_where_host_and_port_say():
+    code = f"import sys; sys.argv[1:] = [{str(PROJECT / 'main.py')!r}]\n" + SERVE_WITHOUT_SERVING
+
+    result = run_python(code, HOST="::1", PORT="8123")
+
+    assert result.stdout == "{'host': '::1', 'port': 8123}\n", result.stderr
+
+
+def test_python_main_py_serves_the_app():
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(PROJECT / "main.py")],
+        env=child_env(PORT=str(port)),
+        cwd=TEST_FOLDER,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while server.poll() is None and time.monotonic() < deadline:
+            try:
+                answer = httpx2.get(f"http://127.0.0.1:{port}/openapi.json")
+                break
+            except httpx2.TransportError:
+                time.sleep(0.1)
+    finally:
+        output = stop_server(server)
+
+    assert answer.json()["info"]["title"] == "FastAPI JWT auth demo", output
+
+
+def test_the_default_database_is_auth_db_in_the_working_folder():
+    workdir = tempfile.mkdtemp(dir=TEST_FOLDER)
+
+    result = run_python(
+        "import main, database; database.create_tables(); print(database.engine.url)", workdir, DATABASE_URL=None
+    )
+
+    assert result.stdout == "sqlite:///./auth.db\n", result.stderr
+    assert Path(workdir, "auth.db").is_file()
+
+
+@pytest.mark.parametrize("algorithm", ["HS256", "HS384", "HS512"])
+def test_tokens_are_signed_and_checked_with_the_configured_algorithm(client, monkeypatch, algorithm):
+    monkeypatch.setattr(settings, "algorithm", algorithm)
+    token = token_for(client)
+    other = "HS256" if algorithm != "HS256" else "HS512"
+
+    assert jwt.get_unverified_header(token)["alg"] == algorithm
+    assert jwt.decode(token, auth.SECRET_KEY, algorithms=[algorithm])["sub"] == "alice"
+    assert client.get("/", headers=bearer(token)).status_code == 200
+    forged = jwt.encode(jwt.get_unverified_claims(token), auth.SECRET_KEY, algorithm=other)
+    assert client.get("/", headers=bearer(forged)).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("username", "password"),
+    [("abc", PASSWORD), ("a" * 64, PASSWORD), ("alice", "8 chars!"), ("alice", "\u00e9" * 36)],
+    ids=["3-character name", "64-character name", "8-character password", "72-byte password"],
+)
+def test_the_shortest_and_longest_valid_credentials_sign_up_and_log_in(client, username, password):
+    assert len(password.encode()) in (8, 72, len(PASSWORD))
+
+    assert sign_up(client, username, password).json() == {"id": 1, "username": username}
+    assert log_in(client, username, password).status_code == 200
+
+
+def test_usernames_are_unique_and_indexed():
+    [index] = [
+        index for index in inspect(database.engine).get_indexes("users") if index["column_names"] == ["username"]
+    ]
+
+    assert index["unique"]
+
+
+def test_the_openapi_document_is_the_one_documented(client):
+    """What a tester sees in /docs: routes, answers, models, descriptions and examples, compared whole."""
+    expected = json.loads((PROJECT / "openapi.json").read_text())
+
+    assert client.get("/openapi.json").json() == expected
