@@ -157,3 +157,17 @@ def test_dot_env_is_ignored_by_git_and_never_committed():
         pytest.skip("not a git checkout: nothing to say about what the repository holds")
     assert ignored.returncode == 0
     assert tracked.stdout == ""
+
+
+def test_each_bad_setting_is_explained_in_one_whole_line(monkeypatch):
+    monkeypatch.setenv("BCRYPT_ROUNDS", "many")
+    monkeypatch.setenv("SECRET_KEY", "short")
+
+    with pytest.raises(SystemExit) as stopped:
+        config.load_settings()
+
+    assert str(stopped.value) == (
+        "SECRET_KEY must be at least 32 characters; make one with: "
+        "echo \"SECRET_KEY=$(python -c 'import secrets; print(secrets.token_hex(32))')\" >> .env\n"
+        "BCRYPT_ROUNDS must be a whole number from 4 to 31, not 'many'; change it in the environment or in .env"
+    )

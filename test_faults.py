@@ -15,13 +15,14 @@ from pathlib import Path
 import httpx2
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, make_url, text
 from sqlalchemy.exc import IntegrityError, InvalidRequestError, OperationalError, ProgrammingError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import sessionmaker
 
 import database
 import main
+from config import settings
 from conftest import (
     PASSWORD,
     TEST_DATABASE_URL,
@@ -276,6 +277,7 @@ DATABASE_ERRORS = {
     "PostgreSQL too many connections": (OperationalError("SELECT", {}, DriverError(sqlstate="53300")), True),
     "PostgreSQL shutting down": (OperationalError("SELECT", {}, DriverError(sqlstate="57P01")), True),
     "PostgreSQL starting up": (OperationalError("SELECT", {}, DriverError(sqlstate="57P03")), True),
+    "PostgreSQL disk full": (OperationalError("INSERT", {}, DriverError(sqlstate="53100")), False),
     "PostgreSQL missing table": (ProgrammingError("SELECT", {}, DriverError(sqlstate="42P01")), False),
     "PostgreSQL duplicate key": (IntegrityError("INSERT", {}, DriverError(sqlstate="23505")), False),
     "a driver error with no SQLSTATE that is not operational": (ProgrammingError("SELECT", {}, DriverError()), False),
@@ -298,3 +300,67 @@ def test_no_free_pooled_connection_gets_503(client, monkeypatch):
 
     assert_unavailable(response)
     one_connection.dispose()
+
+
+def test_the_sqlite_engine_waits_for_the_lock_as_long_as_the_timeout_and_uses_wal(monkeypatch):
+    monkeypatch.setattr(settings, "database_timeout_seconds", 3)
+    engine = database.make_engine(make_url(f"sqlite:///{tempfile.mkdtemp(dir=TEST_FOLDER)}/other.db"))
+
+    with engine.connect() as connection:
+        pragmas = [connection.exec_driver_sql(f"PRAGMA {name}").scalar() for name in ("busy_timeout", "journal_mode")]
+        with ThreadPoolExecutor(1) as other_thread:  # threads of the pool share connections
+            assert other_thread.submit(lambda: connection.exec_driver_sql("SELECT 1").scalar()).result() == 1
+
+    assert pragmas == [3000, "wal"]
+    assert engine.pool.timeout() == 3
+    engine.dispose()
+
+
+def test_the_postgres_engine_gives_up_connecting_after_the_timeout_and_pings_connections(monkeypatch):
+    pytest.importorskip("psycopg", reason="needs the postgres extra")
+    monkeypatch.setattr(settings, "database_timeout_seconds", 3)
+    engine = database.make_engine(database.parse_database_url("postgresql://user:password@127.0.0.1:1/app"))
+    connect_options = {}
+
+    @event.listens_for(engine, "do_connect")
+    def capture(dialect, record, arguments, options):
+        connect_options.update(options)
+        raise ConnectionRefusedError("not for real")
+
+    with pytest.raises(ConnectionRefusedError):
+        engine.connect()
+
+    assert connect_options["connect_timeout"] == 3
+    assert engine.pool.timeout() == 3
+    assert engine.pool._pre_ping is True
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (
+            "not a url",
+            "DATABASE_URL is not a database URL: use e.g. sqlite:///./auth.db or postgresql://user:password@host/dbname",
+        ),
+        (
+            "nosuchdb://user:password@host/db",
+            "DATABASE_URL: SQLAlchemy knows no database called 'nosuchdb'; use sqlite:///... or postgresql://...",
+        ),
+        (
+            "mysql://user:password@host/db",
+            "DATABASE_URL: the driver for 'mysql' is not installed (MySQLdb); "
+            'for PostgreSQL run: pip install -e ".[postgres]"',
+        ),
+    ],
+)
+def test_a_database_url_that_cannot_work_stops_with_one_line(url, message):
+    with pytest.raises(SystemExit) as stopped:
+        database.make_engine(database.parse_database_url(url))
+
+    assert str(stopped.value) == message
+
+
+def test_the_declared_size_check_passes_other_requests_through(client):
+    assert client.post("/auth/", json={"username": "alice", "password": PASSWORD}).status_code == 201
+    assert client.post("/auth/", content=b"x" * 4097, headers={"Content-Type": "application/json"}).status_code == 413
+    assert client.post("/auth/", content=b"x" * 4096, headers={"Content-Type": "application/json"}).status_code == 422

@@ -1,5 +1,6 @@
 """Password guessing is throttled per client address and username; hashing never starves the rest of the app."""
 
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -244,3 +245,19 @@ def test_the_token_of_a_deleted_account_does_not_open_a_new_account_of_the_same_
     assert again.status_code == 201
     assert again.json()["id"] != 2
     assert client.get("/users/me", headers=bearer(token)).status_code == 401
+
+
+def test_a_missing_secret_key_is_replaced_by_a_random_one_with_a_warning(caplog):
+    first, second = auth.make_random_key(), auth.make_random_key()
+
+    assert re.fullmatch(r"[0-9a-f]{64}", first)
+    assert first != second
+    assert (
+        caplog.messages
+        == [
+            "SECRET_KEY is not set: using a random key, so tokens stop working when the app restarts; "
+            "put a key in .env with: "
+            "echo \"SECRET_KEY=$(python -c 'import secrets; print(secrets.token_hex(32))')\" >> .env"
+        ]
+        * 2
+    )
