@@ -139,17 +139,20 @@ def free_port():
 
 
 def start_server(*uvicorn_options, env=None, workdir=None):
-    """Start uvicorn with the app on a free port; return the process and its address once it answers.
+    """Start uvicorn with the app on a free port; return the process and its address once it answers."""
+    port = free_port()
+    command = ["-m", "uvicorn", "main:app", "--host", "127.0.0.1", "--port", str(port), *uvicorn_options]
+    return serve(command, port, env or child_env(), workdir)
 
-    A server that exits fails the test at once, with what it printed.
-    """
+
+def serve(python_arguments, port, env, workdir=None):
+    """Run Python with these arguments until it answers on the port; a server that exits fails the test at once."""
     import httpx2
 
-    port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1", "--port", str(port), *uvicorn_options],
+        [sys.executable, *python_arguments],
         cwd=workdir or TEST_FOLDER,
-        env=env or child_env(),
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -158,14 +161,14 @@ def start_server(*uvicorn_options, env=None, workdir=None):
     deadline = time.monotonic() + 30
     while True:
         if server.poll() is not None:
-            raise AssertionError(f"uvicorn exited with code {server.returncode}:\n{server.communicate()[0]}")
+            raise AssertionError(f"the server exited with code {server.returncode}:\n{server.communicate()[0]}")
         try:
             httpx2.get(f"{base_url}/openapi.json")
             return server, base_url
         except httpx2.TransportError:
             if time.monotonic() > deadline:
                 server.kill()
-                raise AssertionError(f"uvicorn did not answer in 30 s:\n{server.communicate()[0]}") from None
+                raise AssertionError(f"the server did not answer in 30 s:\n{server.communicate()[0]}") from None
             time.sleep(0.1)
 
 

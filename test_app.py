@@ -37,6 +37,7 @@ from conftest import (
     politely,
     postgres_only,
     run_python,
+    serve,
     sign_up,
     sqlite_only,
     start_server,
@@ -800,26 +801,14 @@ def test_python_main_py_listens_where_host_and_port_say():
 
 def test_python_main_py_serves_the_app():
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, str(PROJECT / "main.py")],
-        env=child_env(PORT=str(port)),
-        cwd=TEST_FOLDER,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    server, base_url = serve([str(PROJECT / "main.py")], port, child_env(PORT=str(port)))
     try:
-        deadline = time.monotonic() + 30
-        while server.poll() is None and time.monotonic() < deadline:
-            try:
-                answer = httpx2.get(f"http://127.0.0.1:{port}/openapi.json")
-                break
-            except httpx2.TransportError:
-                time.sleep(0.1)
+        answer = httpx2.get(f"{base_url}/openapi.json")
     finally:
         output = stop_server(server)
 
     assert answer.json()["info"]["title"] == "FastAPI JWT auth demo", output
+    assert f"Uvicorn running on http://127.0.0.1:{port}" in output
 
 
 def test_the_default_database_is_auth_db_in_the_working_folder():

@@ -162,6 +162,7 @@ def test_dot_env_is_ignored_by_git_and_never_committed():
 def test_each_bad_setting_is_explained_in_one_whole_line(monkeypatch):
     monkeypatch.setenv("BCRYPT_ROUNDS", "many")
     monkeypatch.setenv("SECRET_KEY", "short")
+    monkeypatch.setenv("ALGORITHM", "none")
 
     with pytest.raises(SystemExit) as stopped:
         config.load_settings()
@@ -169,5 +170,6 @@ def test_each_bad_setting_is_explained_in_one_whole_line(monkeypatch):
     assert str(stopped.value) == (
         "SECRET_KEY must be at least 32 characters; make one with: "
         "echo \"SECRET_KEY=$(python -c 'import secrets; print(secrets.token_hex(32))')\" >> .env\n"
+        "ALGORITHM must be HS256, HS384 or HS512, not 'none'; change it in the environment or in .env\n"
         "BCRYPT_ROUNDS must be a whole number from 4 to 31, not 'many'; change it in the environment or in .env"
     )

@@ -19,6 +19,7 @@ from sqlalchemy import create_engine, event, make_url, text
 from sqlalchemy.exc import IntegrityError, InvalidRequestError, OperationalError, ProgrammingError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import sessionmaker
+from sqlalchemy.pool import QueuePool
 
 import database
 import main
@@ -312,6 +313,7 @@ def test_the_sqlite_engine_waits_for_the_lock_as_long_as_the_timeout_and_uses_wa
             assert other_thread.submit(lambda: connection.exec_driver_sql("SELECT 1").scalar()).result() == 1
 
     assert pragmas == [3000, "wal"]
+    assert isinstance(engine.pool, QueuePool)
     assert engine.pool.timeout() == 3
     engine.dispose()
 
@@ -331,6 +333,7 @@ def test_the_postgres_engine_gives_up_connecting_after_the_timeout_and_pings_con
         engine.connect()
 
     assert connect_options["connect_timeout"] == 3
+    assert isinstance(engine.pool, QueuePool)
     assert engine.pool.timeout() == 3
     assert engine.pool._pre_ping is True
 
