@@ -12,6 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import anyio
 import httpx2
 import pytest
 from fastapi.testclient import TestClient
@@ -367,3 +368,16 @@ def test_the_declared_size_check_passes_other_requests_through(client):
     assert client.post("/auth/", json={"username": "alice", "password": PASSWORD}).status_code == 201
     assert client.post("/auth/", content=b"x" * 4097, headers={"Content-Type": "application/json"}).status_code == 413
     assert client.post("/auth/", content=b"x" * 4096, headers={"Content-Type": "application/json"}).status_code == 422
+
+
+def test_the_declared_size_check_hands_every_other_request_to_the_app():
+    """The app builds its middleware once; this builds it again, so a change to it shows."""
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append(scope["path"])
+
+    for scope in ({"type": "http", "path": "/small", "headers": [(b"content-length", b"4096")]}, {"type": "lifespan"}):
+        anyio.run(main.DeclaredTooLarge(app), {"path": "/", **scope}, None, None)
+
+    assert seen == ["/small", "/"]
