@@ -236,7 +236,7 @@ def test_a_killed_server_loses_no_acknowledged_sign_up_nor_counted_failure():
         with ThreadPoolExecutor(SIGN_UP_CLIENTS) as pool:
             for number in range(SIGN_UP_CLIENTS):
                 pool.submit(sign_up_until_the_server_dies, base_url, number, acknowledged)
-            time.sleep(2)
+            time.sleep(1.5)
             os.kill(server.pid, signal.SIGKILL)
     finally:
         stop_server(server)
