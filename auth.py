@@ -15,14 +15,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import OAuth2PasswordBearer, OAuth2PasswordRequestForm
 from jose import JWTError, jwt
 from passlib.context import CryptContext
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-)
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -48,9 +41,9 @@ SECRET_KEY = settings.secret_key or make_random_key()
 
 MAX_PASSWORD_BYTES = 72
 password_context = CryptContext(schemes=["bcrypt"], deprecated="auto", bcrypt__rounds=settings.bcrypt_rounds)
-started = time.perf_counter()
+hashing_started = time.perf_counter()
 DUMMY_HASH = password_context.hash("checked when the username is unknown")
-SECONDS_PER_HASH = time.perf_counter() - started
+SECONDS_PER_HASH = time.perf_counter() - hashing_started
 
 CORES = os.cpu_count() or 1
 hashing_threads = CapacityLimiter(CORES)
@@ -58,8 +51,6 @@ hashing_threads = CapacityLimiter(CORES)
 # waits about that long at most, and the next one is told at once to come back.
 MAX_WAITING_HASHES = max(CORES, round(CORES / SECONDS_PER_HASH))
 places_to_hash = CapacityLimiter(CORES + MAX_WAITING_HASHES)
-# Sign-ups and logins read and write on a few threads of their own too: a flood of them queues there,
-# and the threads that serve every other request stay free.
 login_database_threads = CapacityLimiter(CORES)
 
 T = TypeVar("T")
@@ -176,14 +167,16 @@ async def hash_off_the_loop(work: Callable[..., T], *args: str) -> T:
         places_to_hash.release_on_behalf_of(place)
 
 
+async def in_login_session(work: Callable[[Session], T]) -> T:
+    """Sign-ups and logins talk to the database on a few threads of their own: a flood of them queues there,
+    and the threads that serve every other request stay free."""
+    return await in_session(work, login_database_threads)
+
+
 def wrong_credentials() -> JSONResponse:
     """The same answer for an unknown user and a wrong password, so nobody can probe which names exist."""
     body = LoginError(detail=BAD_LOGIN, error="invalid_grant", error_description=BAD_LOGIN)
-    return JSONResponse(
-        body.model_dump(),
-        status.HTTP_401_UNAUTHORIZED,
-        {"WWW-Authenticate": "Bearer", **NO_STORE},
-    )
+    return JSONResponse(body.model_dump(), status.HTTP_401_UNAUTHORIZED, {"WWW-Authenticate": "Bearer", **NO_STORE})
 
 
 def check_throttle_and_find_user(
@@ -220,9 +213,7 @@ def unauthorized(challenge: str) -> HTTPException:
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="auth/token", auto_error=False)
 
 
-async def get_current_user(
-    token: Annotated[str | None, Depends(oauth2_scheme)],
-) -> UserPublic:
+async def get_current_user(token: Annotated[str | None, Depends(oauth2_scheme)]) -> UserPublic:
     """Accept only our own unexpired tokens, for a user who still exists.
 
     Checking the token is quick work for the event loop; loading the user is the one trip to a worker thread.
@@ -231,12 +222,7 @@ async def get_current_user(
         raise unauthorized("Bearer")
     invalid_token = unauthorized(f'Bearer error="invalid_token", error_description="{CREDENTIALS_REFUSED}"')
     try:
-        payload = jwt.decode(
-            token,
-            SECRET_KEY,
-            algorithms=[settings.algorithm],
-            options={"require_exp": True},
-        )
+        payload = jwt.decode(token, SECRET_KEY, algorithms=[settings.algorithm], options={"require_exp": True})
         claims = TokenClaims.model_validate(payload)
     except (JWTError, ValidationError):
         raise invalid_token from None
@@ -258,10 +244,7 @@ BAD_TOKEN_RESPONSE: dict[int | str, dict[str, Any]] = {
     status.HTTP_401_UNAUTHORIZED: {"description": "Missing, invalid or expired token"}
 }
 BUSY_RESPONSE: dict[int | str, dict[str, Any]] = {
-    status.HTTP_503_SERVICE_UNAVAILABLE: {
-        "model": Detail,
-        "description": "Too busy, or the database is away",
-    }
+    status.HTTP_503_SERVICE_UNAVAILABLE: {"model": Detail, "description": "Too busy, or the database is away"}
 }
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -288,10 +271,7 @@ def add_user(session: Session, username: str, hashed_password: str) -> User:
 )
 async def sign_up(new_user: UserCreate) -> User:
     hashed_password = await hash_off_the_loop(password_context.hash, new_user.password)
-    return await in_session(
-        lambda session: add_user(session, new_user.username, hashed_password),
-        login_database_threads,
-    )
+    return await in_login_session(lambda session: add_user(session, new_user.username, hashed_password))
 
 
 @router.post(
@@ -304,9 +284,7 @@ async def sign_up(new_user: UserCreate) -> User:
     },
 )
 async def log_in(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()],
-    request: Request,
-    response: Response,
+    form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request, response: Response
 ) -> Token | JSONResponse:
     """Each step holds only what it needs: a pooled connection to read, a hashing thread to hash, then to write.
 
@@ -317,14 +295,8 @@ async def log_in(
     except ValidationError:
         return wrong_credentials()
     refuse_if_hashing_is_full()
-    address, username = (
-        request.client.host if request.client else "",
-        credentials.username,
-    )
-    wait, user = await in_session(
-        lambda session: check_throttle_and_find_user(session, address, username),
-        login_database_threads,
-    )
+    address, username = (request.client.host if request.client else "", credentials.username)
+    wait, user = await in_login_session(lambda session: check_throttle_and_find_user(session, address, username))
     if wait is not None:
         logger.warning("Login refused for %r from %s: too many failed logins", username, address)
         raise HTTPException(
@@ -335,18 +307,9 @@ async def log_in(
     stored_hash = user.hashed_password if user else DUMMY_HASH
     matches, new_hash = await hash_off_the_loop(password_context.verify_and_update, credentials.password, stored_hash)
     if user is None or not matches:
-        await in_session(
-            lambda session: throttle.record_failure(session, address, username),
-            login_database_threads,
-        )
+        await in_login_session(lambda session: throttle.record_failure(session, address, username))
         return wrong_credentials()
-    await in_session(
-        lambda session: record_success(session, address, user, new_hash),
-        login_database_threads,
-    )
+    await in_login_session(lambda session: record_success(session, address, user, new_hash))
     response.headers.update(NO_STORE)
     expires_in = settings.access_token_expire_minutes * 60
-    return Token(
-        access_token=create_access_token(user),
-        expires_in=expires_in,
-    )
+    return Token(access_token=create_access_token(user), expires_in=expires_in)

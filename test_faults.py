@@ -11,6 +11,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx2
@@ -377,7 +378,17 @@ def test_the_declared_size_check_hands_every_other_request_to_the_app():
     async def app(scope, receive, send):
         seen.append(scope["path"])
 
-    for scope in ({"type": "http", "path": "/small", "headers": [(b"content-length", b"4096")]}, {"type": "lifespan"}):
-        anyio.run(main.DeclaredTooLarge(app), {"path": "/", **scope}, None, None)
+    async def receive():
+        return {"type": "http.request"}
+
+    async def send(message):
+        raise AssertionError("the check answered a request it should have passed on")
+
+    scopes: list[dict[str, Any]] = [
+        {"type": "http", "path": "/small", "headers": [(b"content-length", b"4096")]},
+        {"type": "lifespan", "path": "/"},
+    ]
+    for scope in scopes:
+        anyio.run(main.DeclaredTooLarge(app), scope, receive, send)
 
     assert seen == ["/small", "/"]
