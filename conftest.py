@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,7 +43,9 @@ for name in (
     os.environ.pop(name, None)
 
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import sessionmaker
 
+import auth
 import database
 import main
 
@@ -80,6 +83,32 @@ def bcrypt_runs(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
 
     monkeypatch.setattr(bcrypt, "hashpw", counting_hashpw)
     return runs
+
+
+@pytest.fixture
+def park_logins(monkeypatch):
+    """Call it to make logins stop inside bcrypt; it returns an event set once one is there, and one to let it go."""
+    events = threading.Event(), threading.Event()
+    real_verify = auth.password_context.verify_and_update
+
+    def parked_verify(*args):
+        hashing, may_finish = events
+        hashing.set()
+        may_finish.wait(timeout=10)
+        return real_verify(*args)
+
+    def park():
+        monkeypatch.setattr(auth.password_context, "verify_and_update", parked_verify)
+        return events
+
+    yield park
+    events[1].set()
+
+
+def answer_from(monkeypatch, engine):
+    """Make the app talk to the database through this engine for the rest of the test."""
+    monkeypatch.setattr(database, "engine", engine)
+    monkeypatch.setattr(database, "SessionLocal", sessionmaker(engine, expire_on_commit=False))
 
 
 def sign_up(client, username="alice", password=PASSWORD):

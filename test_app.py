@@ -525,17 +525,9 @@ def test_a_failed_request_leaves_no_lock_and_no_half_written_user(monkeypatch):
         assert sign_up(client, "bob").status_code == 201
 
 
-def test_login_hashing_does_not_hold_up_other_requests(client, monkeypatch):
+def test_login_hashing_does_not_hold_up_other_requests(client, park_logins):
     token = token_for(client, "bob")
-    hashing, may_finish = threading.Event(), threading.Event()
-    real_verify = auth.password_context.verify_and_update
-
-    def slow_verify(*args, **kwargs):
-        hashing.set()
-        may_finish.wait(timeout=10)
-        return real_verify(*args, **kwargs)
-
-    monkeypatch.setattr(auth.password_context, "verify_and_update", slow_verify)
+    hashing, may_finish = park_logins()
     with ThreadPoolExecutor(2) as pool:
         login = pool.submit(log_in, client, "bob")
         assert hashing.wait(timeout=10)

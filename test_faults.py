@@ -20,7 +20,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, event, make_url, text
 from sqlalchemy.exc import IntegrityError, InvalidRequestError, OperationalError, ProgrammingError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.orm import sessionmaker
 from sqlalchemy.pool import QueuePool
 
 import database
@@ -30,6 +29,7 @@ from conftest import (
     PASSWORD,
     TEST_DATABASE_URL,
     TEST_FOLDER,
+    answer_from,
     bearer,
     child_env,
     free_port,
@@ -133,11 +133,6 @@ def test_server_memory_stays_flat_while_a_100_mb_body_is_refused():
     assert after - before < 5 * 1024
 
 
-def database_answers_with(monkeypatch, engine):
-    monkeypatch.setattr(database, "engine", engine)
-    monkeypatch.setattr(database, "SessionLocal", sessionmaker(engine, expire_on_commit=False))
-
-
 def assert_unavailable(response):
     assert response.status_code == 503
     assert response.json() == {"detail": "The database is unavailable: try again in a few seconds"}
@@ -147,7 +142,7 @@ def assert_unavailable(response):
 @sqlite_only
 def test_a_write_lock_held_too_long_gets_503_then_the_next_request_succeeds(client, monkeypatch, caplog):
     token = token_for(client)
-    database_answers_with(monkeypatch, create_engine(database.engine.url, connect_args={"timeout": 0.2}))
+    answer_from(monkeypatch, create_engine(database.engine.url, connect_args={"timeout": 0.2}))
     lock_holder = sqlite3.connect(str(database.engine.url.database))
     lock_holder.execute("BEGIN IMMEDIATE")
     caplog.clear()
@@ -167,7 +162,7 @@ def test_a_write_lock_held_too_long_gets_503_then_the_next_request_succeeds(clie
 def test_postgres_down_gets_503_within_the_timeout_with_one_warning(client, monkeypatch, caplog):
     token = token_for(client)
     down = database.engine.url.set(host="127.0.0.1", port=free_port())
-    database_answers_with(monkeypatch, create_engine(down, pool_pre_ping=True, connect_args={"connect_timeout": 5}))
+    answer_from(monkeypatch, create_engine(down, pool_pre_ping=True, connect_args={"connect_timeout": 5}))
     caplog.clear()
 
     started = time.monotonic()
@@ -296,7 +291,7 @@ def test_unavailable_or_busy_is_told_apart_from_a_defect(error, unavailable):
 def test_no_free_pooled_connection_gets_503(client, monkeypatch):
     token = token_for(client)
     one_connection = create_engine(database.engine.url, pool_size=1, max_overflow=0, pool_timeout=0.1)
-    database_answers_with(monkeypatch, one_connection)
+    answer_from(monkeypatch, one_connection)
 
     with one_connection.connect():
         response = client.get("/", headers=bearer(token))

@@ -1,7 +1,6 @@
 """Password guessing is throttled per client address and username; hashing never starves the rest of the app."""
 
 import re
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -9,14 +8,14 @@ import pytest
 from anyio import CapacityLimiter
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, delete, func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool
 
 import auth
 import database
 import main
 from config import settings
-from conftest import bearer, log_in, run_python, sign_up, token_for
+from conftest import answer_from, bearer, log_in, run_python, sign_up, token_for
 from models import LoginFailure, User
 
 ATTACKER = ("203.0.113.7", 50000)
@@ -172,19 +171,11 @@ def test_counts_are_shared_with_another_app_instance_and_kept_across_a_restart(c
     assert another.stdout.split() == ["429"], another.stderr
 
 
-def test_signup_and_login_get_503_with_retry_after_when_the_hashing_backlog_is_full(client, monkeypatch):
+def test_signup_and_login_get_503_with_retry_after_when_the_hashing_backlog_is_full(client, monkeypatch, park_logins):
     token = token_for(client)
     monkeypatch.setattr(auth, "hashing_threads", CapacityLimiter(1))
     monkeypatch.setattr(auth, "places_to_hash", CapacityLimiter(2))
-    hashing, may_finish = threading.Event(), threading.Event()
-    real_verify = auth.password_context.verify_and_update
-
-    def parked_verify(*args):
-        hashing.set()
-        may_finish.wait(timeout=10)
-        return real_verify(*args)
-
-    monkeypatch.setattr(auth.password_context, "verify_and_update", parked_verify)
+    hashing, may_finish = park_logins()
     with ThreadPoolExecutor(2) as pool:
         hashing_now = pool.submit(log_in, client)
         assert hashing.wait(timeout=10)
@@ -206,19 +197,11 @@ def test_signup_and_login_get_503_with_retry_after_when_the_hashing_backlog_is_f
     assert count_failures() == 0
 
 
-def test_no_database_connection_is_held_while_bcrypt_runs(client, monkeypatch):
+def test_no_database_connection_is_held_while_bcrypt_runs(client, monkeypatch, park_logins):
     token = token_for(client, "bob")
     one_connection = create_engine(database.engine.url, pool_size=1, max_overflow=0, pool_timeout=5)
-    monkeypatch.setattr(database, "SessionLocal", sessionmaker(one_connection, expire_on_commit=False))
-    hashing, may_finish = threading.Event(), threading.Event()
-    real_verify = auth.password_context.verify_and_update
-
-    def parked_verify(*args):
-        hashing.set()
-        may_finish.wait(timeout=10)
-        return real_verify(*args)
-
-    monkeypatch.setattr(auth.password_context, "verify_and_update", parked_verify)
+    answer_from(monkeypatch, one_connection)
+    hashing, may_finish = park_logins()
     with ThreadPoolExecutor(2) as pool:
         logging_in = pool.submit(log_in, client, "bob")
         assert hashing.wait(timeout=10)
