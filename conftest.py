@@ -59,6 +59,12 @@ sqlite_only = pytest.mark.skipif(bool(TEST_DATABASE_URL), reason="checks SQLite 
 PASSWORD = "correct horse"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_connections() -> None:
+    """A process forked with the suite loaded (mutmut forks one per mutant) must not share its parent's connections."""
+    database.engine.dispose(close=False)
+
+
 @pytest.fixture(autouse=True)
 def fresh_database() -> None:
     database.Base.metadata.drop_all(database.engine)
