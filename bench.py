@@ -21,10 +21,10 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Iterable, Iterator
 from itertools import repeat, takewhile
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 PROJECT = Path(__file__).resolve().parent
@@ -53,6 +53,7 @@ TARGETS = {
 STORM_CLIENTS, FLOOD_CLIENTS = 100, 64
 Request = tuple[str, str, bytes, tuple[str, ...]]
 Answers = list[tuple[int, float | None]]
+T = TypeVar("T")
 EXPECTED_UNDER_ABUSE = {200, 401, 429, 503}
 
 
@@ -202,6 +203,15 @@ async def sample_latency(port: int, greeting: Request, stop: asyncio.Event) -> f
     return statistics.median(latencies)
 
 
+async def while_greeting(port: int, greeting: Request, work: Awaitable[T]) -> tuple[T, float]:
+    """Do the work while a logged-in user calls GET / every 50 ms; return its result and their median latency."""
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(sample_latency(port, greeting, stop))
+    result = await work
+    stop.set()
+    return result, await sampler
+
+
 async def storm(port: int, login: Request, answers: Answers) -> list[float]:
     """STORM_CLIENTS log in at once, each retrying after Retry-After; return when each got its token."""
     started = time.perf_counter()
@@ -249,25 +259,15 @@ async def measure_abuse(port: int) -> dict[str, Any]:
     for username in ("bench-user", "flood-target"):
         await requests_per_second(port, 1, [sign_up_request(username)], expected_status=201)
     greeting = ("GET", "/", b"", (f"Authorization: Bearer {await token_for(port, 'bench-user')}",))
-    idle_stop = asyncio.Event()
-    idle_sampler = asyncio.create_task(sample_latency(port, greeting, idle_stop))
-    await asyncio.sleep(2)
-    idle_stop.set()
-    idle = await idle_sampler
-
+    _, idle = await while_greeting(port, greeting, asyncio.sleep(2))
     storm_answers: Answers = []
-    storm_stop = asyncio.Event()
-    storm_sampler = asyncio.create_task(sample_latency(port, greeting, storm_stop))
-    token_times = await storm(port, log_in_request("bench-user", PASSWORD), storm_answers)
-    storm_stop.set()
-    storm_latency = await storm_sampler
-
+    token_times, storm_latency = await while_greeting(
+        port, greeting, storm(port, log_in_request("bench-user", PASSWORD), storm_answers)
+    )
     flood_answers: Answers = []
-    flood_stop = asyncio.Event()
-    flood_sampler = asyncio.create_task(sample_latency(port, greeting, flood_stop))
-    await flood(port, log_in_request("flood-target", "wrong password"), 10, flood_answers)
-    flood_stop.set()
-    flood_latency = await flood_sampler
+    _, flood_latency = await while_greeting(
+        port, greeting, flood(port, log_in_request("flood-target", "wrong password"), 10, flood_answers)
+    )
 
     owner = await Connection.open(port, from_address="127.0.0.2")
     started = time.perf_counter()
