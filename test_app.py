@@ -398,8 +398,10 @@ def test_workers_starting_together_create_the_tables_once():
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(start_worker, range(8)))
+    database.engine.dispose()  # workers are processes, each with connections of its own: forget these threads'
 
     assert count_users() == 0
+    assert [index["name"] for index in inspect(database.engine).get_indexes("users")] == ["ix_users_username"]
 
 
 def test_hmac_tokens_never_load_ecdsa(client):
