@@ -140,7 +140,7 @@ def politely(request, *args, **kwargs):
         response = request(*args, **kwargs)
         if response.status_code != 503:
             return response
-        time.sleep(float(response.headers["Retry-After"]) / 10)
+        time.sleep(float(response.headers["Retry-After"]))
     raise AssertionError("still 503 after 100 tries")
 
 
