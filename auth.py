@@ -1,30 +1,41 @@
-"""Sign up, log in for a token, and turn a token back into a user."""
+"""Sign up, log in for tokens, refresh them, take them back, and turn an access token into a user."""
 
+import functools
 import logging
-import os
 import secrets
 import time
 import unicodedata
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar
 
-from anyio import CapacityLimiter, WouldBlock, to_thread
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from anyio import CapacityLimiter
+from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import OAuth2PasswordBearer, OAuth2PasswordRequestForm
+from fastapi.security import OAuth2PasswordBearer
 from jose import JWTError, jwt
-from passlib.context import CryptContext
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
-from sqlalchemy import select, update
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-import database
+import fast_reads
+import sessions
 import throttle
 from config import MAKE_KEY, settings
 from database import in_session
-from models import User
+from models import LoginSession, User
+from passwords import (
+    CORES,
+    DUMMY_HASH,
+    HAS_USERNAME,
+    NewPassword,
+    StoredPassword,
+    contains_username,
+    hash_password,
+    refuse_if_hashing_is_full,
+    verify_password,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,20 +50,6 @@ def make_random_key() -> str:
 
 SECRET_KEY = settings.secret_key or make_random_key()
 
-MAX_PASSWORD_BYTES = 72
-password_context = CryptContext(schemes=["bcrypt"], deprecated="auto", bcrypt__rounds=settings.bcrypt_rounds)
-hashing_started = time.perf_counter()
-DUMMY_HASH = password_context.hash("checked when the username is unknown")
-SECONDS_PER_HASH = time.perf_counter() - hashing_started
-
-CORES = os.cpu_count() or 1
-hashing_threads = CapacityLimiter(CORES)
-# Besides one hash per core, as many may wait as the cores finish in about a second: an accepted request
-# waits about that long at most, and the next one is told at once to come back.
-MAX_WAITING_HASHES = max(CORES, round(CORES / SECONDS_PER_HASH))
-places_to_hash = CapacityLimiter(CORES + MAX_WAITING_HASHES)
-login_database_threads = CapacityLimiter(CORES)
-
 T = TypeVar("T")
 
 
@@ -62,14 +59,6 @@ def normalize_username(value: object) -> object:
     It runs before Pydantic's type check, so whatever is not text passes through to be refused there.
     """
     return unicodedata.normalize("NFKC", value) if isinstance(value, str) else value
-
-
-def fits_bcrypt(password: str) -> str:
-    if len(password.encode()) > MAX_PASSWORD_BYTES:
-        raise ValueError(f"Password must be at most {MAX_PASSWORD_BYTES} bytes in UTF-8: bcrypt ignores the rest")
-    if "\x00" in password:
-        raise ValueError("Password must not contain the NUL character: bcrypt cannot hash it")
-    return password
 
 
 Username = Annotated[
@@ -83,23 +72,27 @@ Username = Annotated[
     ),
     BeforeValidator(normalize_username),
 ]
-Password = Annotated[
-    str,
-    Field(
-        min_length=8,
-        max_length=MAX_PASSWORD_BYTES,
-        description="At least 8 characters and at most 72 bytes in UTF-8",
-        examples=["correct horse battery"],
-    ),
-    AfterValidator(fits_bcrypt),
-]
 
 
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     username: Username
-    password: Password
+    password: NewPassword
+
+    @field_validator("password")
+    @classmethod
+    def password_without_username(cls, password: str, info: ValidationInfo) -> str:
+        if "username" in info.data and contains_username(password, info.data["username"]):
+            raise ValueError(HAS_USERNAME)
+        return password
+
+
+class Credentials(BaseModel):
+    """What a login may be: any username and password that sign-up could ever have stored."""
+
+    username: Username
+    password: StoredPassword
 
 
 class UserPublic(BaseModel):
@@ -109,23 +102,50 @@ class UserPublic(BaseModel):
     username: str
 
 
+class SignedInUser(UserPublic):
+    """The user an access token speaks for, and the session it belongs to (never sent out)."""
+
+    session_id: str = Field(exclude=True)
+
+
 class Token(BaseModel):
     access_token: str
     token_type: Literal["bearer"] = "bearer"  # noqa: S105 (the kind of token, not a secret)
-    expires_in: int = Field(description="Seconds until the token expires", examples=[1800])
+    expires_in: int = Field(description="Seconds until the access token expires", examples=[1800])
+    refresh_token: str = Field(description="Trade it once for a new pair with grant_type=refresh_token")
 
 
-class LoginError(BaseModel):
+class TokenForm(BaseModel):
+    """RFC 6749's token request: the password grant (§4.3) or the refresh grant (§6)."""
+
+    grant_type: str | None = Field(None, description="`password` (or none) to log in, `refresh_token` to refresh")
+    username: str | None = Field(None, description="With the password grant")
+    password: str | None = Field(None, description="With the password grant")
+    refresh_token: str | None = Field(None, description="With the refresh grant")
+
+
+class RevokeForm(BaseModel):
+    """RFC 7009's revocation request: an access or a refresh token."""
+
+    token: str | None = None
+    token_type_hint: str | None = Field(None, description="`access_token` or `refresh_token`; either works anyway")
+
+
+class OAuthError(BaseModel):
     """RFC 6749's error fields for OAuth 2.0 client libraries, and the `detail` that FastAPI clients read."""
 
     detail: str
-    error: Literal["invalid_grant"]
+    error: Literal["invalid_request", "invalid_grant", "unsupported_grant_type"]
     error_description: str
 
 
 class TokenClaims(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
     sub: str
     id: int
+    sid: str
+    exp: int
 
 
 class Detail(BaseModel):
@@ -134,49 +154,35 @@ class Detail(BaseModel):
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 BAD_LOGIN = "Incorrect username or password"
+STALE_REFRESH = "The refresh token is not valid: log in again"
 CREDENTIALS_REFUSED = "Could not validate credentials"
 
 
-def too_busy() -> HTTPException:
-    return HTTPException(
-        status.HTTP_503_SERVICE_UNAVAILABLE,
-        "Too many logins and sign-ups at once: try again in a second",
-        headers={"Retry-After": "1"},
+def oauth_error(status_code: int, error: str, description: str) -> JSONResponse:
+    """An answer that OAuth 2.0 clients read by its `error` and FastAPI clients by its `detail`; never cached."""
+    body = {"detail": description, "error": error, "error_description": description}
+    challenge = {"WWW-Authenticate": "Bearer"} if status_code == status.HTTP_401_UNAUTHORIZED else {}
+    return JSONResponse(body, status_code, {**challenge, **NO_STORE})
+
+
+def missing_fields(*names: str) -> RequestValidationError:
+    """The 422 that FastAPI gives for a missing form field, for fields that only one grant needs."""
+    return RequestValidationError(
+        [{"type": "missing", "loc": ("body", name), "msg": "Field required"} for name in names]
     )
 
 
-def refuse_if_hashing_is_full() -> None:
-    """Answer 503 at once, before any database work, when every place to hash is taken."""
-    if places_to_hash.available_tokens == 0:
-        raise too_busy()
-
-
-async def hash_off_the_loop(work: Callable[..., T], *args: str) -> T:
-    """Hash in one of a bounded number of places, on threads of bcrypt's own (one per core).
-
-    The threads that serve every other request stay free, and a refused login or sign-up never takes a place.
-    """
-    place = object()
-    try:
-        places_to_hash.acquire_on_behalf_of_nowait(place)
-    except WouldBlock:
-        raise too_busy() from None
-    try:
-        return await to_thread.run_sync(work, *args, limiter=hashing_threads)
-    finally:
-        places_to_hash.release_on_behalf_of(place)
+login_database_threads = CapacityLimiter(CORES)
 
 
 async def in_login_session(work: Callable[[Session], T]) -> T:
-    """Sign-ups and logins talk to the database on a few threads of their own: a flood of them queues there,
-    and the threads that serve every other request stay free."""
+    """Sign-ups, logins and session changes talk to the database on a few threads of their own: a flood of them
+    queues there, and the threads that serve every other request stay free."""
     return await in_session(work, login_database_threads)
 
 
-def wrong_credentials() -> JSONResponse:
-    """The same answer for an unknown user and a wrong password, so nobody can probe which names exist."""
-    body = LoginError(detail=BAD_LOGIN, error="invalid_grant", error_description=BAD_LOGIN)
-    return JSONResponse(body.model_dump(), status.HTTP_401_UNAUTHORIZED, {"WWW-Authenticate": "Bearer", **NO_STORE})
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else ""
 
 
 def check_throttle_and_find_user(
@@ -195,56 +201,115 @@ def record_success(session: Session, client_address: str, user: User, new_hash: 
         session.commit()
 
 
-def create_access_token(user: User) -> str:
-    now = datetime.now(UTC)
-    claims = {
-        "sub": user.username,
-        "id": user.id,
-        "iat": now,
-        "exp": now + timedelta(minutes=settings.access_token_expire_minutes),
-    }
-    return jwt.encode(claims, SECRET_KEY, algorithm=settings.algorithm)
+async def check_password(address: str, username: str, password: str) -> User | None:
+    """The user if the password is theirs, else None: throttled per address and username, one bcrypt run
+    whether the user exists or not, and the failure counted. Each step holds only what it needs."""
+    refuse_if_hashing_is_full()
+    wait, user = await in_login_session(lambda session: check_throttle_and_find_user(session, address, username))
+    if wait is not None:
+        logger.warning("Login refused for %r from %s: too many failed logins", username, address)
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"Too many failed logins: wait {wait} seconds before trying again",
+            headers={"Retry-After": str(wait)},
+        )
+    stored_hash = user.hashed_password if user else DUMMY_HASH
+    matches, new_hash = await verify_password(password, stored_hash)
+    if user is None or not matches:
+        await in_login_session(lambda session: throttle.record_failure(session, address, username))
+        return None
+    await in_login_session(lambda session: record_success(session, address, user, new_hash))
+    return user
+
+
+def issue_tokens(user: User, login: LoginSession, refresh_token: str) -> Token:
+    """An access token that ends with its session at the latest, and the session's refresh token."""
+    issued_at = int(time.time())
+    expires_at = min(issued_at + settings.access_token_expire_minutes * 60, int(login.ends_at))
+    claims = {"sub": user.username, "id": user.id, "sid": login.id, "iat": issued_at, "exp": expires_at}
+    access_token = jwt.encode(claims, SECRET_KEY, algorithm=settings.algorithm)
+    return Token(access_token=access_token, expires_in=expires_at - issued_at, refresh_token=refresh_token)
+
+
+def start_session(session: Session, user: User) -> Token:
+    return issue_tokens(user, *sessions.start(session, user.id))
+
+
+def refresh_session(session: Session, refresh_token: str) -> Token | None:
+    rotated = sessions.rotate(session, refresh_token)
+    if rotated is None:
+        return None
+    login, next_refresh_token = rotated
+    return issue_tokens(session.get_one(User, login.user_id), login, next_refresh_token)
 
 
 def unauthorized(challenge: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, CREDENTIALS_REFUSED, headers={"WWW-Authenticate": challenge})
 
 
+def invalid_token() -> HTTPException:
+    return unauthorized(f'Bearer error="invalid_token", error_description="{CREDENTIALS_REFUSED}"')
+
+
+@functools.lru_cache(maxsize=4096)
+def verified_claims(token: str, key: str, algorithm: str) -> TokenClaims:
+    """Check a token's signature and algorithm once, and keep the answer: the same string always carries the same
+    signature. `exp` is checked again on every use, and the session on every request: neither is kept."""
+    payload = jwt.decode(token, key, algorithms=[algorithm], options={"require_exp": True})
+    return TokenClaims.model_validate(payload)
+
+
+# The user of a live session: a logout, a password change or a deleted account takes effect on the next request.
+SESSION_USERNAME = (
+    select(User.username)
+    .join(LoginSession, LoginSession.user_id == User.id)
+    .where(LoginSession.id == bindparam("session_id"), User.id == bindparam("user_id"))
+)
+
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="auth/token", auto_error=False)
 
 
-async def get_current_user(token: Annotated[str | None, Depends(oauth2_scheme)]) -> UserPublic:
-    """Accept only our own unexpired tokens, for a user who still exists.
+async def get_current_user(token: Annotated[str | None, Depends(oauth2_scheme)]) -> SignedInUser:
+    """Accept only our own unexpired tokens, of a live session, for a user who still exists.
 
-    Checking the token is quick work for the event loop; loading the user is the one trip to a worker thread.
+    An access token's `exp` is never later than its session's end, so a session that has run out needs no check
+    of its own; one that has ended has no row. The one read skips the trip to a worker thread (fast_reads.py).
     """
     if not token:
         raise unauthorized("Bearer")
-    invalid_token = unauthorized(f'Bearer error="invalid_token", error_description="{CREDENTIALS_REFUSED}"')
     try:
-        payload = jwt.decode(token, SECRET_KEY, algorithms=[settings.algorithm], options={"require_exp": True})
-        claims = TokenClaims.model_validate(payload)
+        claims = verified_claims(token, SECRET_KEY, settings.algorithm)
     except (JWTError, ValidationError):
-        raise invalid_token from None
-    user = await to_thread.run_sync(find_public_user, claims.id)
-    if user is None or user.username != claims.sub:
-        raise invalid_token
-    return user
+        raise invalid_token() from None
+    if claims.exp < time.time():
+        raise invalid_token()
+    username = await fast_reads.read_value(SESSION_USERNAME, session_id=claims.sid, user_id=claims.id)
+    if username != claims.sub:
+        raise invalid_token()
+    return SignedInUser(id=claims.id, username=claims.sub, session_id=claims.sid)
 
 
-def find_public_user(user_id: int) -> UserPublic | None:
-    """Every protected request comes here: a plain connection does it in a quarter of an ORM session's time."""
-    with database.engine.connect() as connection:
-        row = connection.execute(select(User.id, User.username).where(User.id == user_id)).first()
-    return UserPublic.model_validate(row) if row else None
+def session_id_of(token: str) -> str | None:
+    """The session an access token (signed by us, even if expired) or a refresh token names."""
+    if token.count(".") != 2:
+        return sessions.session_id_of(token)
+    try:
+        claims = jwt.decode(token, SECRET_KEY, algorithms=[settings.algorithm], options={"verify_exp": False})
+    except JWTError:
+        return None
+    session_id = claims.get("sid")
+    return session_id if isinstance(session_id, str) else None
 
 
-CurrentUser = Annotated[UserPublic, Depends(get_current_user)]
+CurrentUser = Annotated[SignedInUser, Depends(get_current_user)]
 BAD_TOKEN_RESPONSE: dict[int | str, dict[str, Any]] = {
-    status.HTTP_401_UNAUTHORIZED: {"description": "Missing, invalid or expired token"}
+    status.HTTP_401_UNAUTHORIZED: {"description": "Missing, invalid or expired token, or an ended session"}
 }
 BUSY_RESPONSE: dict[int | str, dict[str, Any]] = {
     status.HTTP_503_SERVICE_UNAVAILABLE: {"model": Detail, "description": "Too busy, or the database is away"}
+}
+THROTTLED_RESPONSE: dict[int | str, dict[str, Any]] = {
+    status.HTTP_429_TOO_MANY_REQUESTS: {"model": Detail, "description": "Too many failed logins: wait"}
 }
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -270,7 +335,7 @@ def add_user(session: Session, username: str, hashed_password: str) -> User:
     },
 )
 async def sign_up(new_user: UserCreate) -> User:
-    hashed_password = await hash_off_the_loop(password_context.hash, new_user.password)
+    hashed_password = await hash_password(new_user.password)
     return await in_login_session(lambda session: add_user(session, new_user.username, hashed_password))
 
 
@@ -278,38 +343,74 @@ async def sign_up(new_user: UserCreate) -> User:
     "/token",
     response_model=Token,
     responses={
-        status.HTTP_401_UNAUTHORIZED: {"model": LoginError, "description": BAD_LOGIN},
-        status.HTTP_429_TOO_MANY_REQUESTS: {"model": Detail, "description": "Too many failed logins: wait"},
+        status.HTTP_400_BAD_REQUEST: {"model": OAuthError, "description": "Unknown grant_type, or no refresh_token"},
+        status.HTTP_401_UNAUTHORIZED: {"model": OAuthError, "description": f"{BAD_LOGIN}, or {STALE_REFRESH}"},
+        **THROTTLED_RESPONSE,
         **BUSY_RESPONSE,
     },
 )
-async def log_in(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()], request: Request, response: Response
+async def log_in_or_refresh(
+    form: Annotated[TokenForm, Form()], request: Request, response: Response
 ) -> Token | JSONResponse:
-    """Each step holds only what it needs: a pooled connection to read, a hashing thread to hash, then to write.
-
-    Credentials that sign-up refuses belong to nobody (and some make bcrypt raise), so they stop first.
-    """
-    try:
-        credentials = UserCreate(username=form.username, password=form.password)
-    except ValidationError:
-        return wrong_credentials()
-    refuse_if_hashing_is_full()
-    address, username = (request.client.host if request.client else "", credentials.username)
-    wait, user = await in_login_session(lambda session: check_throttle_and_find_user(session, address, username))
-    if wait is not None:
-        logger.warning("Login refused for %r from %s: too many failed logins", username, address)
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            f"Too many failed logins: wait {wait} seconds before trying again",
-            headers={"Retry-After": str(wait)},
+    """Log in with a username and password, or trade a refresh token for a new pair (RFC 6749 §4.3 and §6)."""
+    if form.grant_type in (None, "password"):
+        token = await log_in(form, client_address(request))
+    elif form.grant_type == "refresh_token":
+        token = await refresh(form.refresh_token)
+    else:
+        return oauth_error(
+            status.HTTP_400_BAD_REQUEST, "unsupported_grant_type", "grant_type must be password or refresh_token"
         )
-    stored_hash = user.hashed_password if user else DUMMY_HASH
-    matches, new_hash = await hash_off_the_loop(password_context.verify_and_update, credentials.password, stored_hash)
-    if user is None or not matches:
-        await in_login_session(lambda session: throttle.record_failure(session, address, username))
-        return wrong_credentials()
-    await in_login_session(lambda session: record_success(session, address, user, new_hash))
-    response.headers.update(NO_STORE)
-    expires_in = settings.access_token_expire_minutes * 60
-    return Token(access_token=create_access_token(user), expires_in=expires_in)
+    if isinstance(token, Token):
+        response.headers.update(NO_STORE)
+    return token
+
+
+async def log_in(form: TokenForm, address: str) -> Token | JSONResponse:
+    """Credentials that sign-up could never have stored belong to nobody (and some make bcrypt raise): they stop
+    first. Nothing else of sign-up's rules applies, so an account keeps the password it was made with."""
+    if form.username is None or form.password is None:
+        raise missing_fields(*(name for name in ("username", "password") if getattr(form, name) is None))
+    try:
+        credentials = Credentials(username=form.username, password=form.password)
+    except ValidationError:
+        return oauth_error(status.HTTP_401_UNAUTHORIZED, "invalid_grant", BAD_LOGIN)
+    user = await check_password(address, credentials.username, credentials.password)
+    if user is None:
+        return oauth_error(status.HTTP_401_UNAUTHORIZED, "invalid_grant", BAD_LOGIN)
+    return await in_login_session(lambda session: start_session(session, user))
+
+
+async def refresh(refresh_token: str | None) -> Token | JSONResponse:
+    """No bcrypt runs here, so neither the throttle nor the limit on hashing applies."""
+    if not refresh_token:
+        return oauth_error(status.HTTP_400_BAD_REQUEST, "invalid_request", "refresh_token is required to refresh")
+    token = await in_login_session(lambda session: refresh_session(session, refresh_token))
+    return token or oauth_error(status.HTTP_401_UNAUTHORIZED, "invalid_grant", STALE_REFRESH)
+
+
+@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, responses=BAD_TOKEN_RESPONSE | BUSY_RESPONSE)
+async def log_out(user: CurrentUser) -> None:
+    """End this token's session: its access tokens and its refresh token stop working at once. Other sessions
+    of the same user (other devices) go on."""
+    await in_login_session(lambda session: sessions.end(session, user.session_id))
+
+
+@router.post(
+    "/revoke",
+    response_class=Response,
+    responses={
+        status.HTTP_200_OK: {"description": "Revoked, or not a live token of ours: the answer is the same"},
+        status.HTTP_400_BAD_REQUEST: {"model": OAuthError, "description": "No token"},
+        **BUSY_RESPONSE,
+    },
+)
+async def revoke(form: Annotated[RevokeForm, Form()]) -> Response:
+    """RFC 7009: end the session of an access or refresh token. A token that is unknown, expired or not a token
+    at all gets the same 200, so the answer says nothing about it; no client authentication (public clients)."""
+    if not form.token:
+        return oauth_error(status.HTTP_400_BAD_REQUEST, "invalid_request", "token is required")
+    session_id = session_id_of(form.token)
+    if session_id:
+        await in_login_session(lambda session: sessions.end(session, session_id))
+    return Response()

@@ -20,8 +20,16 @@ class Settings(BaseSettings):
         None, min_length=32, repr=False, description="the key that signs tokens; unset: a random key per process"
     )
     algorithm: Literal["HS256", "HS384", "HS512"] = Field("HS256", description="how tokens are signed with the key")
-    access_token_expire_minutes: int = Field(30, ge=1, le=525_600, description="how long a token lives, in minutes")
+    access_token_expire_minutes: int = Field(
+        30, ge=1, le=525_600, description="how long an access token lives, in minutes"
+    )
+    refresh_token_expire_days: int = Field(
+        30, ge=1, le=365, description="how long a login session lasts, in days, however often it is refreshed"
+    )
     bcrypt_rounds: int = Field(12, ge=4, le=31, description="bcrypt's cost; each step doubles the hashing time")
+    password_min_length: int = Field(
+        8, ge=8, le=64, description="the fewest characters a new password may have; NIST asks 15 for a password alone"
+    )
     login_max_failures: int = Field(
         5, ge=0, le=1000, description="failed logins per address and username before 429; 0 turns the throttle off"
     )

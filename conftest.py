@@ -34,6 +34,8 @@ os.environ["BCRYPT_ROUNDS"] = "4"
 for name in (
     "ALGORITHM",
     "ACCESS_TOKEN_EXPIRE_MINUTES",
+    "REFRESH_TOKEN_EXPIRE_DAYS",
+    "PASSWORD_MIN_LENGTH",
     "LOGIN_MAX_FAILURES",
     "LOGIN_WINDOW_SECONDS",
     "DATABASE_TIMEOUT_SECONDS",
@@ -45,9 +47,9 @@ for name in (
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import sessionmaker
 
-import auth
 import database
 import main
+import passwords
 
 postgres_only = pytest.mark.skipif(
     not TEST_DATABASE_URL,
@@ -95,7 +97,7 @@ def bcrypt_runs(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
 def park_logins(monkeypatch):
     """Call it to make logins stop inside bcrypt; it returns an event set once one is there, and one to let it go."""
     events = threading.Event(), threading.Event()
-    real_verify = auth.password_context.verify_and_update
+    real_verify = passwords.password_context.verify_and_update
 
     def parked_verify(*args):
         hashing, may_finish = events
@@ -104,7 +106,7 @@ def park_logins(monkeypatch):
         return real_verify(*args)
 
     def park():
-        monkeypatch.setattr(auth.password_context, "verify_and_update", parked_verify)
+        monkeypatch.setattr(passwords.password_context, "verify_and_update", parked_verify)
         return events
 
     yield park
@@ -129,9 +131,30 @@ def bearer(token):
     return {"Authorization": f"Bearer {token}"}
 
 
-def token_for(client, username="alice", password=PASSWORD):
+def tokens_for(client, username="alice", password=PASSWORD):
+    """Sign up and log in; return the whole answer: an access token and a refresh token."""
     assert sign_up(client, username, password).status_code == 201
-    return log_in(client, username, password).json()["access_token"]
+    return log_in(client, username, password).json()
+
+
+def token_for(client, username="alice", password=PASSWORD):
+    return tokens_for(client, username, password)["access_token"]
+
+
+def refresh(client, refresh_token):
+    return client.post("/auth/token", data={"grant_type": "refresh_token", "refresh_token": refresh_token})
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """Call it with a number of seconds to make time.time() that much later, as if they had passed."""
+    real_time, offset = time.time, [0.0]
+    monkeypatch.setattr(time, "time", lambda: real_time() + offset[0])
+
+    def move(seconds):
+        offset[0] += seconds
+
+    return move
 
 
 def politely(request, *args, **kwargs):

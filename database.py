@@ -25,8 +25,10 @@ def parse_database_url(raw_url: str) -> URL:
     return url
 
 
-def use_write_ahead_log(dbapi_connection: Any, connection_record: Any) -> None:
+def configure_sqlite(dbapi_connection: Any, connection_record: Any) -> None:
+    """WAL lets readers go on while one connection writes; SQLite checks foreign keys only when told, per connection."""
     dbapi_connection.execute("PRAGMA journal_mode=WAL")
+    dbapi_connection.execute("PRAGMA foreign_keys=ON")
 
 
 def make_engine(url: URL) -> Engine:
@@ -54,7 +56,7 @@ def make_engine(url: URL) -> Engine:
             'for PostgreSQL run: pip install -e ".[postgres]"'
         ) from None
     if is_sqlite:
-        event.listen(engine, "connect", use_write_ahead_log)
+        event.listen(engine, "connect", configure_sqlite)
     return engine
 
 

@@ -1,4 +1,4 @@
-from sqlalchemy import Index, String
+from sqlalchemy import ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from database import Base
@@ -12,6 +12,18 @@ class User(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     hashed_password: Mapped[str] = mapped_column(String(255))
+
+
+class LoginSession(Base):
+    """One password login. Its tokens work while its row exists: ending a session deletes the row."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # random: every refresh token starts with it
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    started_at: Mapped[float]  # seconds since 1970 (time.time()), as in login_failures
+    ends_at: Mapped[float] = mapped_column(index=True)
+    refresh_hash: Mapped[str] = mapped_column(String(64))  # SHA-256 of the current refresh token, never the token
 
 
 class LoginFailure(Base):

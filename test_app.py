@@ -25,6 +25,7 @@ from sqlalchemy.pool import QueuePool
 import auth
 import database
 import main
+import passwords
 from config import settings
 from conftest import (
     PASSWORD,
@@ -61,9 +62,9 @@ def b64(data: dict[str, object]) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 
 
-def claims_for(user_id=1, username="alice", **changes):
-    now = datetime.now(UTC)
-    claims = {"sub": username, "id": user_id, "iat": now, "exp": now + timedelta(minutes=5), **changes}
+def claims_for(token, **changes):
+    """The claims of a real token, with some changed (None leaves one out), for a token we sign ourselves."""
+    claims = {**jwt.get_unverified_claims(token), "exp": datetime.now(UTC) + timedelta(minutes=5), **changes}
     return {name: value for name, value in claims.items() if value is not None}
 
 
@@ -169,10 +170,12 @@ def test_log_in_returns_a_bearer_token_with_the_expected_claims(client):
 
     assert response.status_code == 200
     body = response.json()
+    assert body.keys() == {"access_token", "token_type", "expires_in", "refresh_token"}
     assert body["token_type"] == "bearer"
     claims = jwt.decode(body["access_token"], auth.SECRET_KEY, algorithms=["HS256"])
     assert claims["sub"] == "alice"
     assert claims["id"] == 1
+    assert claims["sid"] == body["refresh_token"].split(".")[0]
     assert before <= claims["iat"] <= int(time.time())
     assert claims["exp"] - claims["iat"] == 30 * 60
     assert abs(claims["exp"] - (time.time() + 30 * 60)) < 5
@@ -256,7 +259,8 @@ def test_stored_hash_is_upgraded_at_login_when_the_cost_rises(client, monkeypatc
     sign_up(client)
     assert stored_hash("alice").startswith("$2b$04$")
 
-    monkeypatch.setattr(auth, "password_context", CryptContext(schemes=["bcrypt"], deprecated="auto", bcrypt__rounds=5))
+    cost_5 = CryptContext(schemes=["bcrypt"], deprecated="auto", bcrypt__rounds=5)
+    monkeypatch.setattr(passwords, "password_context", cost_5)
     assert log_in(client).status_code == 200
 
     assert stored_hash("alice").startswith("$2b$05$")
@@ -340,23 +344,29 @@ def tampered(token):
     return f"{header}.{b64(claims)}.{signature}"
 
 
+def signed(claims, key=None, algorithm="HS256"):
+    return jwt.encode(claims, key or auth.SECRET_KEY, algorithm=algorithm)
+
+
 BAD_TOKENS = {
     "tampered payload": tampered,
-    "signed with another key": lambda token: jwt.encode(claims_for(), "another-key-" + "x" * 32, algorithm="HS256"),
-    "another HMAC algorithm": lambda token: jwt.encode(claims_for(), auth.SECRET_KEY, algorithm="HS512"),
-    "expired": lambda token: jwt.encode(
-        claims_for(exp=datetime.now(UTC) - timedelta(seconds=1)), auth.SECRET_KEY, algorithm="HS256"
-    ),
-    "without exp": lambda token: jwt.encode(claims_for(exp=None), auth.SECRET_KEY, algorithm="HS256"),
-    "without sub": lambda token: jwt.encode(claims_for(username=None), auth.SECRET_KEY, algorithm="HS256"),
-    "without id": lambda token: jwt.encode(claims_for(user_id=None), auth.SECRET_KEY, algorithm="HS256"),
-    "for a user who never existed": lambda token: jwt.encode(
-        claims_for(user_id=999, username="ghost"), auth.SECRET_KEY, algorithm="HS256"
-    ),
-    "whose sub does not match the id": lambda token: jwt.encode(
-        claims_for(username="bob"), auth.SECRET_KEY, algorithm="HS256"
-    ),
+    "signed with another key": lambda token: signed(claims_for(token), key="another-key-" + "x" * 32),
+    "another HMAC algorithm": lambda token: signed(claims_for(token), algorithm="HS512"),
+    "expired": lambda token: signed(claims_for(token, exp=datetime.now(UTC) - timedelta(seconds=1))),
+    "without exp": lambda token: signed(claims_for(token, exp=None)),
+    "without sub": lambda token: signed(claims_for(token, sub=None)),
+    "without id": lambda token: signed(claims_for(token, id=None)),
+    "without sid, as before sessions": lambda token: signed(claims_for(token, sid=None)),
+    "for a user who never existed": lambda token: signed(claims_for(token, id=999, sub="ghost")),
+    "whose sub does not match the id": lambda token: signed(claims_for(token, sub="bob")),
+    "of a session that never existed": lambda token: signed(claims_for(token, sid="no-such-session")),
 }
+
+
+def test_a_token_we_sign_with_the_real_claims_is_accepted_so_each_bad_token_fails_for_its_change(client):
+    token = token_for(client)
+
+    assert client.get("/", headers=bearer(signed(claims_for(token)))).status_code == 200
 
 
 @pytest.mark.parametrize("make_token", BAD_TOKENS.values(), ids=BAD_TOKENS.keys())
@@ -604,7 +614,8 @@ def test_without_secret_key_each_process_makes_its_own_and_warns():
 
 
 def test_bcrypt_cost_defaults_to_12():
-    result = run_python("import auth; print(auth.settings.bcrypt_rounds, auth.DUMMY_HASH[:7])", BCRYPT_ROUNDS=None)
+    code = "import passwords; print(passwords.settings.bcrypt_rounds, passwords.DUMMY_HASH[:7])"
+    result = run_python(code, BCRYPT_ROUNDS=None)
 
     assert result.stdout.split() == ["12", "$2b$12$"]
 
@@ -716,10 +727,11 @@ def test_sqlite_urls_are_kept_as_they_are():
 
 
 @sqlite_only
-def test_sqlite_waits_for_the_writer_lock_and_uses_wal():
+def test_sqlite_waits_for_the_writer_lock_uses_wal_and_checks_foreign_keys():
     with database.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5_000
+        assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
 
 
 @postgres_only
@@ -739,9 +751,7 @@ ACCESS_LOG_WITH_PROCESS_ID = {
 
 
 @postgres_only
-def test_two_workers_share_tokens_and_allow_one_account_per_name():
-    import httpx2
-
+def test_two_workers_share_tokens_honour_each_others_logout_and_allow_one_account_per_name():
     database.Base.metadata.drop_all(database.engine)  # both workers create the tables at once
     log_config = Path(TEST_FOLDER, "log-config.json")
     log_config.write_text(json.dumps(ACCESS_LOG_WITH_PROCESS_ID))
@@ -752,6 +762,8 @@ def test_two_workers_share_tokens_and_allow_one_account_per_name():
             "access_token"
         ]
         greetings = [httpx2.get(f"{base_url}/", headers=bearer(token)).status_code for _ in range(30)]
+        logout = httpx2.post(f"{base_url}/auth/logout", headers=bearer(token)).status_code
+        after_logout = [httpx2.get(f"{base_url}/", headers=bearer(token)).status_code for _ in range(30)]
 
         start = threading.Barrier(10)
 
@@ -767,9 +779,11 @@ def test_two_workers_share_tokens_and_allow_one_account_per_name():
         output = stop_server(server)
 
     assert greetings == [200] * 30
+    assert (logout, after_logout) == (204, [401] * 30)
     assert race == [201] + [409] * 9
-    greeting_workers = set(re.findall(r"^(\d+) GET / HTTP/1.1 200", output, re.MULTILINE))
-    assert len(greeting_workers) == 2, output
+    for status in (200, 401):
+        workers = set(re.findall(rf"^(\d+) GET / HTTP/1.1 {status}", output, re.MULTILINE))
+        assert len(workers) == 2, output
 
 
 SERVE_WITHOUT_SERVING = """

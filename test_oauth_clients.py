@@ -11,7 +11,7 @@ from oauthlib.oauth2 import InvalidGrantError, LegacyApplicationClient
 from requests_oauthlib import OAuth2Session
 
 from auth import SECRET_KEY
-from conftest import PASSWORD, start_server, stop_server
+from conftest import PASSWORD, child_env, start_server, stop_server
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +73,68 @@ def test_authlib_raises_invalid_grant_for_a_wrong_password(alice, base_url):
 
     assert raised.value.error == "invalid_grant"
     assert raised.value.description == "Incorrect username or password"
+
+
+@pytest.fixture(scope="module")
+def short_lived_url():
+    """A server whose access tokens last one minute: inside Authlib's 60 s leeway, so it refreshes before each use."""
+    server, base_url = start_server(env=child_env(ACCESS_TOKEN_EXPIRE_MINUTES="1"))
+    yield base_url
+    stop_server(server)
+
+
+def test_authlib_refreshes_by_itself_when_the_access_token_is_about_to_expire(short_lived_url):
+    requests.post(f"{short_lived_url}/auth/", json={"username": "alice", "password": PASSWORD}, timeout=10)
+    updated = []
+    client = AuthlibSession(
+        token_endpoint=f"{short_lived_url}/auth/token",
+        update_token=lambda token, refresh_token=None, access_token=None: updated.append(refresh_token),
+    )
+    first = dict(client.fetch_token(username="alice", password=PASSWORD))
+    assert client.token.is_expired() is True
+
+    greeting = client.get(f"{short_lived_url}/")
+
+    assert greeting.json() == {"message": "Hello, alice with ID: 1!"}
+    assert updated == [first["refresh_token"]]
+    assert client.token["refresh_token"] != first["refresh_token"]
+    spent = requests.post(
+        f"{short_lived_url}/auth/token",
+        data={"grant_type": "refresh_token", "refresh_token": first["refresh_token"]},
+        timeout=10,
+    )
+    assert spent.json()["error"] == "invalid_grant"
+
+
+def test_authlib_revoke_token_ends_the_session(alice, base_url):
+    client = AuthlibSession(token_endpoint=f"{base_url}/auth/token")
+    token = client.fetch_token(username="alice", password=PASSWORD)
+
+    revoked = client.revoke_token(f"{base_url}/auth/revoke")
+
+    assert revoked.status_code == 200
+    greeting = requests.get(f"{base_url}/", headers={"Authorization": f"Bearer {token['access_token']}"}, timeout=10)
+    assert greeting.status_code == 401
+    with pytest.raises(OAuthError) as raised:
+        client.refresh_token()
+    assert raised.value.error == "invalid_grant"
+
+
+def test_requests_oauthlib_refreshes_by_itself(alice, base_url, monkeypatch):
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")  # plain http on 127.0.0.1, for the test only
+    client = LegacyApplicationClient(client_id="demo")
+    first = OAuth2Session(client=client).fetch_token(f"{base_url}/auth/token", username="alice", password=PASSWORD)
+    saved: list[dict[str, object]] = []
+    session = OAuth2Session(
+        client=client,
+        token={**first, "expires_at": time.time() - 1},  # as if its 30 minutes had passed
+        auto_refresh_url=f"{base_url}/auth/token",
+        token_updater=saved.append,
+    )
+
+    greeting = session.get(f"{base_url}/")
+
+    assert greeting.json() == {"message": "Hello, alice with ID: 1!"}
+    [renewed] = saved
+    assert renewed["refresh_token"] != first["refresh_token"]
+    assert session.token["access_token"] == renewed["access_token"]

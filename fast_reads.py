@@ -1,0 +1,122 @@
+"""The read of every protected request (and of the health check), without a trip to a worker thread.
+
+A worker thread costs a hand-off each way and an SQLAlchemy connection on top of the query, which on this
+path is most of the work. So SQLite is read on the event loop itself, when it can answer at once, and
+PostgreSQL through psycopg's async connections: the loop sends the query and serves other requests until
+the answer comes. Any other database, and SQLite when it cannot answer at once, is read on a worker thread.
+"""
+
+import functools
+import sqlite3
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from anyio import to_thread
+from sqlalchemy import Dialect, Select
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import DBAPIError
+
+import database
+from config import settings
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+    from psycopg_pool import AsyncConnectionPool
+
+V = TypeVar("V")
+SQLITE_BUSY = ("SQLITE_BUSY", "SQLITE_LOCKED")
+SQLITE_NAMED_PARAMETERS = sqlite.dialect(paramstyle="named")
+POSTGRES_CONNECTIONS = 5  # for these reads, in each process, besides the engine's pool
+
+sqlite_readers: dict[str, sqlite3.Connection] = {}
+postgres_pools: dict[str, "AsyncConnectionPool[AsyncConnection[Any]]"] = {}
+
+
+async def read_value(statement: Select[V], **params: Any) -> V | None:
+    """Read one value: on the event loop where that cannot wait, or awaited without blocking it.
+
+    An SQLite read in WAL mode never waits for the writer. The locks a reader would wait for (recovery after
+    a crash, a truncating checkpoint, a connection in exclusive locking mode) make this read, which has no
+    busy timeout, fail at once with SQLITE_BUSY; it then goes to a worker thread, which may wait.
+    """
+    engine = database.engine
+    if engine.dialect.name == "postgresql":
+        return await read_from_postgres(statement, params)
+    reader = sqlite_reader(engine.url.database) if engine.dialect.name == "sqlite" else None
+    if reader is not None:
+        sql, defaults = compiled(statement, SQLITE_NAMED_PARAMETERS)
+        try:
+            rows = reader.execute(sql, defaults | params).fetchall()  # all of them, so the read ends here
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorname not in SQLITE_BUSY:
+                raise
+        else:
+            return rows[0][0] if rows else None
+    return await to_thread.run_sync(read_in_thread, statement, params)
+
+
+def read_in_thread(statement: Select[V], params: dict[str, Any]) -> V | None:
+    """A plain connection, not an ORM session: a quarter of the time."""
+    with database.engine.connect() as connection:
+        return connection.execute(statement, params).scalar()
+
+
+def sqlite_reader(path: str | None) -> sqlite3.Connection | None:
+    """The connection for reads on the event loop, one per SQLite file: read-only, no busy timeout, autocommit."""
+    if not path or path == ":memory:":
+        return None
+    if path not in sqlite_readers:
+        sqlite_readers[path] = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
+        sqlite_readers[path].execute("PRAGMA query_only=ON")
+    return sqlite_readers[path]
+
+
+async def read_from_postgres(statement: Select[V], params: dict[str, Any]) -> V | None:
+    """Errors come back as SQLAlchemy's, so that "away or busy" is a 503 here as everywhere."""
+    import psycopg  # the postgres extra
+
+    sql, defaults = compiled(statement, database.engine.dialect)
+    try:
+        async with (await postgres_pool()).connection() as connection:
+            row = await (await connection.execute(sql, defaults | params)).fetchone()
+    except psycopg.Error as error:
+        raise DBAPIError.instance(sql, params, error, psycopg.Error) from error
+    return row[0] if row else None
+
+
+async def postgres_pool() -> "AsyncConnectionPool[AsyncConnection[Any]]":
+    """psycopg's pool of async connections to the engine's database, checked before each use like the engine's."""
+    from psycopg_pool import AsyncConnectionPool  # the postgres extra
+
+    url = database.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    if url not in postgres_pools:
+        timeout = settings.database_timeout_seconds
+        pool = AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=POSTGRES_CONNECTIONS,
+            timeout=timeout,
+            kwargs={"autocommit": True, "connect_timeout": timeout},
+            check=AsyncConnectionPool.check_connection,
+            open=False,
+        )
+        await pool.open()  # it connects in the background
+        if postgres_pools.setdefault(url, pool) is not pool:  # another request opened one meanwhile
+            await pool.close()
+    return postgres_pools[url]
+
+
+@functools.cache
+def compiled(statement: Select[Any], dialect: Dialect) -> tuple[str, dict[str, Any]]:
+    """SQLAlchemy writes the SQL once, for the driver itself, with its parameters' defaults."""
+    sql = statement.compile(dialect=dialect)
+    return str(sql), sql.params
+
+
+async def close() -> None:
+    """Close every connection these reads hold, as the app stops (a pool belongs to one event loop)."""
+    for reader in sqlite_readers.values():
+        reader.close()
+    sqlite_readers.clear()
+    for pool in postgres_pools.values():
+        await pool.close()
+    postgres_pools.clear()

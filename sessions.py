@@ -1,0 +1,86 @@
+"""Login sessions: one per password login, so that every token it hands out can be taken back.
+
+A session ends REFRESH_TOKEN_EXPIRE_DAYS after its login, however often it is refreshed, or sooner: at logout,
+at revocation, when its user changes the password or deletes the account, and when a spent refresh token comes
+back. Ending a session deletes its row, and a token is accepted only while its session's row is there.
+
+A refresh token is the session's id, a dot and 256 random bits. Only its SHA-256 is stored, so a copy of the
+database holds no token that works. Each refresh swaps it for a new one (rotation), and the old one is spent.
+"""
+
+import hashlib
+import secrets
+import time
+
+from sqlalchemy import delete, update
+from sqlalchemy.orm import Session
+
+from config import settings
+from models import LoginSession
+
+SECONDS_PER_DAY = 86_400
+
+
+def hashed(refresh_token: str) -> str:
+    return hashlib.sha256(refresh_token.encode()).hexdigest()
+
+
+def new_refresh_token(session_id: str) -> str:
+    return f"{session_id}.{secrets.token_urlsafe(32)}"
+
+
+def session_id_of(refresh_token: str) -> str:
+    return refresh_token.partition(".")[0]
+
+
+def start(session: Session, user_id: int) -> tuple[LoginSession, str]:
+    """Start a session; return it and its first refresh token. Sessions that have run out are deleted."""
+    now = time.time()
+    session.execute(delete(LoginSession).where(LoginSession.ends_at <= now))
+    login = LoginSession(
+        id=secrets.token_urlsafe(16),
+        user_id=user_id,
+        started_at=now,
+        ends_at=now + settings.refresh_token_expire_days * SECONDS_PER_DAY,
+    )
+    refresh_token = new_refresh_token(login.id)
+    login.refresh_hash = hashed(refresh_token)
+    session.add(login)
+    session.commit()
+    return login, refresh_token
+
+
+def rotate(session: Session, refresh_token: str) -> tuple[LoginSession, str] | None:
+    """Swap the session's current refresh token for a new one, or end the session the token names.
+
+    The UPDATE matches only the current token of a session that has not run out, so of several requests
+    with one token exactly one wins, on SQLite and PostgreSQL alike. Any other token that names a session
+    is a spent one come back (RFC 9700 §4.14.2): someone holds a copy, so the session ends.
+    """
+    session_id = session_id_of(refresh_token)
+    next_token = new_refresh_token(session_id)
+    renewed = session.scalar(
+        update(LoginSession)
+        .where(
+            LoginSession.id == session_id,
+            LoginSession.refresh_hash == hashed(refresh_token),
+            LoginSession.ends_at > time.time(),
+        )
+        .values(refresh_hash=hashed(next_token))
+        .returning(LoginSession)
+    )
+    if renewed is None:
+        end(session, session_id)
+        return None
+    session.commit()
+    return renewed, next_token
+
+
+def end(session: Session, session_id: str) -> None:
+    session.execute(delete(LoginSession).where(LoginSession.id == session_id))
+    session.commit()
+
+
+def end_others(session: Session, user_id: int, session_id: str) -> None:
+    """End every session of the user but this one. The caller commits, with the change that calls for it."""
+    session.execute(delete(LoginSession).where(LoginSession.user_id == user_id, LoginSession.id != session_id))

@@ -1,0 +1,211 @@
+"""What people who run the app meet first: /docs with no internet, and a health check for probes and monitors."""
+
+import re
+import socket
+import socketserver
+import sqlite3
+import tempfile
+import threading
+from html.parser import HTMLParser
+from urllib.parse import urlsplit
+
+import anyio
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, make_url, select
+from sqlalchemy.orm import Session
+
+import database
+import fast_reads
+import main
+from config import settings
+from conftest import TEST_DATABASE_URL, TEST_FOLDER, answer_from, free_port, log_in, sign_up
+from models import LoginFailure
+
+# /docs
+
+
+class ReferencedFiles(HTMLParser):
+    """Every file a page makes the browser load: scripts, stylesheets, icons and images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        if tag in ("script", "img") and attributes.get("src"):
+            self.urls.append(attributes["src"])
+        if tag == "link" and attributes.get("href"):
+            self.urls.append(attributes["href"])
+
+
+def files_loaded_by(page):
+    parser = ReferencedFiles()
+    parser.feed(page)
+    return parser.urls
+
+
+CONTENT_TYPES = {".js": ("text/javascript", "application/javascript"), ".css": ("text/css",), ".png": ("image/png",)}
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_docs_pages_load_every_file_from_the_app_itself(client, page):
+    answer = client.get(page)
+    urls = files_loaded_by(answer.text)
+
+    assert answer.status_code == 200
+    assert len(urls) >= 2  # the script, and the icon at least
+    for url in urls:
+        assert urlsplit(url).netloc == "", url
+        assert not url.startswith("//"), url
+        served = client.get(url)
+        assert served.status_code == 200, url
+        extension = url[url.rindex(".") :]
+        assert served.headers["content-type"].split(";")[0] in CONTENT_TYPES[extension], url
+
+
+def test_the_docs_page_names_no_other_host_at_all(client):
+    page = client.get("/docs").text
+
+    assert re.findall(r"https?://", page) == []
+
+
+def test_swagger_ui_is_a_5_x_release():
+    with TestClient(main.app) as client:
+        [script] = [url for url in files_loaded_by(client.get("/docs").text) if url.endswith(".js")]
+        bundle = client.get(script).text
+
+    assert re.search(r'PACKAGE_VERSION:"5\.\d+\.\d+"', bundle)
+
+
+def test_the_oauth2_redirect_page_that_swagger_ui_uses_is_served(client):
+    page = client.get("/docs").text
+    [redirect_url] = re.findall(r"oauth2RedirectUrl: window\.location\.origin \+ '([^']+)'", page)
+
+    answer = client.get(redirect_url)
+
+    assert answer.status_code == 200
+    assert "oauth2" in answer.text
+    assert answer.headers["content-type"].startswith("text/html")
+
+
+# /health
+
+
+def count_failures():
+    with Session(database.engine) as session:
+        return session.scalar(select(func.count()).select_from(LoginFailure))
+
+
+def test_health_answers_ok_with_no_token_no_bcrypt_and_no_throttle(client, bcrypt_runs):
+    answers = [client.get("/health") for _ in range(10)]
+
+    assert [(answer.status_code, answer.json()) for answer in answers] == [(200, {"status": "ok"})] * 10
+    assert bcrypt_runs == []
+    assert count_failures() == 0
+    assert sign_up(client).status_code == 201
+    assert log_in(client).status_code == 200
+
+
+def test_health_is_in_the_openapi_document_with_its_503(client):
+    health = client.get("/openapi.json").json()["paths"]["/health"]["get"]
+
+    assert "security" not in health
+    assert set(health["responses"]) == {"200", "503"}
+
+
+class Relay:
+    """A TCP relay to the database on a port of its own: stop it and the database is away, start it and it is back."""
+
+    def __init__(self, target_host, target_port):
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self.sockets = []
+
+    def start(self):
+        relay = self
+
+        class Forward(socketserver.BaseRequestHandler):
+            def handle(self):
+                upstream = socket.create_connection(relay.target)
+                relay.sockets += [self.request, upstream]
+                threading.Thread(target=pump, args=(upstream, self.request), daemon=True).start()
+                pump(self.request, upstream)
+
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), Forward)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+        for connection in self.sockets:
+            connection.close()
+        self.sockets = []
+
+
+def pump(source, destination):
+    try:
+        while data := source.recv(65536):
+            destination.sendall(data)
+    except OSError:
+        pass
+    finally:
+        destination.close()
+
+
+@pytest.fixture
+def outage(monkeypatch):
+    """The app's database, and a way to take it away and bring it back while the app runs.
+
+    PostgreSQL goes away as a server does: its port closes and open connections drop. SQLite goes away as a
+    file does when another program holds it in exclusive locking mode: no reader gets in until it lets go.
+    """
+    monkeypatch.setattr(settings, "database_timeout_seconds", 1)
+    if TEST_DATABASE_URL:
+        relay = Relay(database.engine.url.host, database.engine.url.port)
+        relay.start()
+        engine = database.make_engine(database.engine.url.set(host="127.0.0.1", port=relay.port))
+        answer_from(monkeypatch, engine)
+        yield relay.stop, relay.start
+        relay.stop()
+    else:
+        path = f"{tempfile.mkdtemp(dir=TEST_FOLDER)}/own.db"
+        engine = database.make_engine(make_url(f"sqlite:///{path}"))
+        database.Base.metadata.create_all(engine)
+        answer_from(monkeypatch, engine)
+        holder = sqlite3.connect(path, isolation_level=None)
+
+        def take_away():
+            anyio.run(fast_reads.close)  # so that the holder can take its lock
+            database.engine.dispose()
+            holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+            holder.execute("BEGIN IMMEDIATE")
+            holder.execute("DELETE FROM login_failures")
+            holder.execute("COMMIT")
+
+        yield take_away, holder.close
+        holder.close()
+    engine.dispose()
+
+
+def test_health_is_503_while_the_database_is_away_and_200_again_when_it_is_back(outage, caplog):
+    take_away, bring_back = outage
+    with TestClient(main.app) as client:
+        up = client.get("/health")
+        take_away()
+        caplog.clear()
+        away = client.get("/health")
+        warnings = [record.getMessage() for record in caplog.records if record.name == "main"]
+        bring_back()
+        back = client.get("/health")
+
+    assert (up.status_code, up.json()) == (200, {"status": "ok"})
+    assert away.status_code == 503
+    assert away.json() == {"detail": "The database is unavailable: try again in a few seconds"}
+    assert away.headers["Retry-After"] == "1"
+    assert len(warnings) == 1
+    assert warnings[0].startswith("Database unavailable: ")
+    assert (back.status_code, back.json()) == (200, {"status": "ok"})

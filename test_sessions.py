@@ -1,0 +1,507 @@
+"""Sessions: refresh tokens that rotate, logout, revocation, password change and account deletion."""
+
+import hashlib
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import anyio
+import pytest
+from anyio import CapacityLimiter
+from fastapi.testclient import TestClient
+from jose import jwt
+from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, func, insert, select, text
+from sqlalchemy.orm import Session
+
+import auth
+import database
+import main
+import passwords
+from config import settings
+from conftest import PASSWORD, bearer, log_in, refresh, sign_up, tokens_for
+from models import LoginSession, User
+
+NEW_PASSWORD = "a brand new passphrase"
+STALE_REFRESH = {
+    "detail": "The refresh token is not valid: log in again",
+    "error": "invalid_grant",
+    "error_description": "The refresh token is not valid: log in again",
+}
+
+
+def greet(client, tokens):
+    return client.get("/", headers=bearer(tokens["access_token"])).status_code
+
+
+def count_sessions():
+    with Session(database.engine) as session:
+        return session.scalar(select(func.count()).select_from(LoginSession))
+
+
+def assert_refused(response):
+    assert response.status_code == 401
+    assert response.json() == STALE_REFRESH
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+# Refresh
+
+
+def test_a_refresh_gives_a_new_pair_in_the_same_session(client):
+    tokens = tokens_for(client)
+
+    response = refresh(client, tokens["refresh_token"])
+
+    assert response.status_code == 200
+    renewed = response.json()
+    assert renewed.keys() == tokens.keys()
+    assert renewed["refresh_token"] != tokens["refresh_token"]
+    assert renewed["expires_in"] == 1800
+    assert (
+        jwt.get_unverified_claims(renewed["access_token"])["sid"]
+        == jwt.get_unverified_claims(tokens["access_token"])["sid"]
+    )
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["Pragma"] == "no-cache"
+    assert greet(client, renewed) == 200
+    assert count_sessions() == 1
+
+
+def test_a_spent_refresh_token_is_refused_and_ends_its_whole_session(client):
+    tokens = tokens_for(client)
+    renewed = refresh(client, tokens["refresh_token"]).json()
+
+    reused = refresh(client, tokens["refresh_token"])
+
+    assert_refused(reused)
+    assert greet(client, renewed) == 401
+    assert greet(client, tokens) == 401
+    assert_refused(refresh(client, renewed["refresh_token"]))
+    assert count_sessions() == 0
+
+
+def test_a_spent_refresh_token_ends_only_its_own_session(client):
+    first = tokens_for(client)
+    second = log_in(client).json()
+    refresh(client, first["refresh_token"])
+
+    refresh(client, first["refresh_token"])
+
+    assert greet(client, second) == 200
+    assert refresh(client, second["refresh_token"]).status_code == 200
+
+
+def test_of_concurrent_refreshes_with_one_token_exactly_one_succeeds_and_the_session_ends(client):
+    tokens = tokens_for(client)
+    start = threading.Barrier(8)
+
+    def attempt(_):
+        start.wait()
+        return refresh(client, tokens["refresh_token"])
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(attempt, range(8)))
+
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses == [200] + [401] * 7
+    [winner] = [answer.json() for answer in answers if answer.status_code == 200]
+    assert greet(client, winner) == 401
+    assert_refused(refresh(client, winner["refresh_token"]))
+
+
+@pytest.mark.parametrize(
+    "refresh_token",
+    ["garbage", "", "no-such-session.abc", "." * 200, "\u00e9" * 50],
+    ids=["garbage", "empty", "unknown session", "dots", "not ASCII"],
+)
+def test_an_unknown_refresh_token_gets_the_answer_of_a_wrong_password_and_ends_nothing(client, refresh_token):
+    tokens = tokens_for(client)
+
+    response = client.post("/auth/token", data={"grant_type": "refresh_token", "refresh_token": refresh_token})
+
+    if refresh_token:
+        assert_refused(response)
+    else:
+        assert response.status_code == 400
+    assert greet(client, tokens) == 200
+
+
+def test_a_refresh_without_a_refresh_token_is_400_invalid_request(client):
+    response = client.post("/auth/token", data={"grant_type": "refresh_token"})
+
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_request"
+    assert response.json()["detail"] == response.json()["error_description"]
+
+
+@pytest.mark.parametrize("grant_type", ["client_credentials", "authorization_code", "PASSWORD", "x" * 100])
+def test_an_unknown_grant_type_is_400_unsupported_grant_type(client, grant_type):
+    tokens_for(client)
+
+    response = client.post("/auth/token", data={"grant_type": grant_type, "username": "alice", "password": PASSWORD})
+
+    assert response.status_code == 400
+    assert response.json()["error"] == "unsupported_grant_type"
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_the_password_grant_may_name_itself(client):
+    sign_up(client)
+
+    response = client.post("/auth/token", data={"grant_type": "password", "username": "alice", "password": PASSWORD})
+
+    assert response.status_code == 200
+
+
+def test_a_refresh_runs_no_bcrypt_and_is_not_throttled(client, bcrypt_runs, monkeypatch):
+    monkeypatch.setattr(settings, "login_max_failures", 1)
+    tokens = tokens_for(client)
+    assert log_in(client, password="not the password").status_code == 401
+    assert log_in(client).status_code == 429
+    bcrypt_runs.clear()
+
+    response = refresh(client, tokens["refresh_token"])
+
+    assert response.status_code == 200
+    assert bcrypt_runs == []
+
+
+def test_a_refresh_token_is_stored_only_as_its_sha_256(client):
+    tokens = tokens_for(client)
+    secret = tokens["refresh_token"].split(".", 1)[1]
+
+    with database.engine.connect() as connection:
+        rows = [
+            str(value)
+            for table in ("users", "sessions", "login_failures")
+            for row in connection.execute(text(f"SELECT * FROM {table}"))  # noqa: S608 (names from this list)
+            for value in row
+        ]
+
+    assert hashlib.sha256(tokens["refresh_token"].encode()).hexdigest() in rows
+    assert not [value for value in rows if secret in value]
+    assert len(secret) >= 43  # 256 bits in URL-safe base64
+
+
+# The absolute end of a session
+
+
+def test_a_session_ends_its_days_after_the_login_however_often_it_is_refreshed(client, clock, monkeypatch):
+    monkeypatch.setattr(settings, "refresh_token_expire_days", 1)
+    tokens = tokens_for(client)
+    for _ in range(3):
+        clock(7 * 3600)
+        tokens = refresh(client, tokens["refresh_token"]).json()
+        assert greet(client, tokens) == 200
+
+    clock(3 * 3600)
+
+    assert greet(client, tokens) == 401
+    assert_refused(refresh(client, tokens["refresh_token"]))
+
+
+def test_an_access_token_never_outlives_its_session(client, clock, monkeypatch):
+    monkeypatch.setattr(settings, "refresh_token_expire_days", 1)
+    monkeypatch.setattr(settings, "access_token_expire_minutes", 3 * 24 * 60)
+    tokens = tokens_for(client)
+    ends_at = jwt.get_unverified_claims(tokens["access_token"])["exp"]
+    assert tokens["expires_in"] == 24 * 3600
+
+    clock(23 * 3600)
+    renewed = refresh(client, tokens["refresh_token"]).json()
+
+    claims = jwt.get_unverified_claims(renewed["access_token"])
+    assert claims["exp"] == ends_at
+    assert renewed["expires_in"] == claims["exp"] - claims["iat"]
+    assert 3599 <= renewed["expires_in"] <= 3600
+
+
+def test_a_verified_token_is_still_checked_for_expiry_on_every_use(client, clock):
+    tokens = tokens_for(client)
+    assert greet(client, tokens) == 200
+
+    clock(30 * 60 + 1)
+
+    assert greet(client, tokens) == 401
+
+
+def test_sessions_that_have_run_out_are_deleted_at_the_next_login(client, clock):
+    tokens_for(client)
+    clock(30 * 24 * 3600)
+
+    assert log_in(client).status_code == 200
+
+    assert count_sessions() == 1
+
+
+# Logout
+
+
+def test_logout_ends_this_session_only(client):
+    laptop = tokens_for(client)
+    phone = log_in(client).json()
+
+    response = client.post("/auth/logout", headers=bearer(laptop["access_token"]))
+
+    assert response.status_code == 204
+    assert response.content == b""
+    assert greet(client, laptop) == 401
+    assert_refused(refresh(client, laptop["refresh_token"]))
+    assert greet(client, phone) == 200
+    assert refresh(client, phone["refresh_token"]).status_code == 200
+
+
+def test_logout_needs_a_live_token(client):
+    tokens = tokens_for(client)
+    client.post("/auth/logout", headers=bearer(tokens["access_token"]))
+
+    assert client.post("/auth/logout").status_code == 401
+    assert client.post("/auth/logout", headers=bearer(tokens["access_token"])).status_code == 401
+
+
+# Revocation (RFC 7009)
+
+
+def revoke(client, token, **fields):
+    return client.post("/auth/revoke", data={"token": token, **fields})
+
+
+@pytest.mark.parametrize("kind", ["access_token", "refresh_token"])
+@pytest.mark.parametrize("with_hint", [True, False], ids=["with a hint", "without a hint"])
+def test_revoking_either_token_ends_its_session(client, kind, with_hint):
+    tokens = tokens_for(client)
+    other = log_in(client).json()
+
+    response = revoke(client, tokens[kind], **({"token_type_hint": kind} if with_hint else {}))
+
+    assert response.status_code == 200
+    assert greet(client, tokens) == 401
+    assert_refused(refresh(client, tokens["refresh_token"]))
+    assert greet(client, other) == 200
+
+
+def test_revoking_an_expired_access_token_still_ends_its_session(client, clock):
+    tokens = tokens_for(client)
+    clock(30 * 60 + 1)
+
+    assert revoke(client, tokens["access_token"]).status_code == 200
+
+    assert_refused(refresh(client, tokens["refresh_token"]))
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "garbage",
+        "a.b.c",
+        "no-such-session.abc",
+        jwt.encode({"sid": "x", "exp": 2**40}, "another-key-" + "k" * 32, algorithm="HS256"),
+    ],
+    ids=["garbage", "looks like a JWT", "unknown session", "signed with another key"],
+)
+def test_revoking_what_is_not_our_token_is_200_and_ends_nothing(client, token):
+    tokens = tokens_for(client)
+
+    response = revoke(client, token)
+
+    assert response.status_code == 200
+    assert greet(client, tokens) == 200
+
+
+def test_revoking_with_a_token_signed_with_our_key_but_another_sessions_id_spares_this_one(client):
+    tokens = tokens_for(client)
+    forged = jwt.encode({"sid": 42, "exp": 2**40}, auth.SECRET_KEY, algorithm="HS256")
+
+    assert revoke(client, forged).status_code == 200
+    assert greet(client, tokens) == 200
+
+
+def test_revoking_without_a_token_is_400_invalid_request(client):
+    response = client.post("/auth/revoke", data={"token_type_hint": "access_token"})
+
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_request"
+
+
+# Password change
+
+
+def change_password(client, tokens, current=PASSWORD, new=NEW_PASSWORD):
+    return client.patch(
+        "/users/me/password",
+        json={"current_password": current, "new_password": new},
+        headers=bearer(tokens["access_token"]),
+    )
+
+
+def test_a_password_change_ends_every_other_session_and_keeps_this_one(client):
+    laptop = tokens_for(client)
+    phone = log_in(client).json()
+
+    response = change_password(client, laptop)
+
+    assert response.status_code == 204
+    assert greet(client, laptop) == 200
+    assert refresh(client, laptop["refresh_token"]).status_code == 200
+    assert greet(client, phone) == 401
+    assert_refused(refresh(client, phone["refresh_token"]))
+    assert log_in(client).status_code == 401
+    assert log_in(client, password=NEW_PASSWORD).status_code == 200
+
+
+def test_a_password_change_hashes_the_new_password_with_bcrypt(client, bcrypt_runs):
+    tokens = tokens_for(client)
+    bcrypt_runs.clear()
+
+    change_password(client, tokens)
+
+    assert bcrypt_runs == [PASSWORD.encode(), NEW_PASSWORD.encode()]
+    with Session(database.engine) as session:
+        stored = session.scalar(select(User.hashed_password))
+    assert stored is not None
+    assert passwords.password_context.verify(NEW_PASSWORD, stored)
+
+
+def test_a_wrong_current_password_is_403_and_counted_until_429(client):
+    tokens = tokens_for(client)
+
+    answers = [change_password(client, tokens, current="not the password") for _ in range(5)]
+    throttled = change_password(client, tokens)
+
+    assert [answer.status_code for answer in answers] == [403] * 5
+    assert answers[0].json() == {"detail": "The password is not correct"}
+    assert throttled.status_code == 429
+    assert "Retry-After" in throttled.headers
+    assert log_in(client).status_code == 429
+    assert greet(client, tokens) == 200
+
+
+@pytest.mark.parametrize(
+    ("new_password", "rule"),
+    [("seven77", "string_too_short"), ("password1", "value_error"), ("ALICE-forever", "value_error")],
+    ids=["too short", "common", "contains the username"],
+)
+def test_a_new_password_follows_the_sign_up_rules(client, bcrypt_runs, new_password, rule):
+    tokens = tokens_for(client)
+    bcrypt_runs.clear()
+
+    response = change_password(client, tokens, new=new_password)
+
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert (error["loc"], error["type"]) == (["body", "new_password"], rule)
+    assert new_password not in response.text
+    assert bcrypt_runs == []
+    assert log_in(client).status_code == 200
+
+
+def every_place_taken():
+    async def taken():
+        limiter = CapacityLimiter(1)
+        limiter.acquire_on_behalf_of_nowait("a request that is hashing")
+        return limiter
+
+    return anyio.run(taken)
+
+
+def test_a_password_change_is_503_when_every_place_to_hash_is_taken(client, monkeypatch):
+    tokens = tokens_for(client)
+    monkeypatch.setattr(passwords, "places_to_hash", every_place_taken())
+
+    response = change_password(client, tokens)
+
+    monkeypatch.undo()
+
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert log_in(client).status_code == 200
+
+
+# Account deletion
+
+
+def delete_account(client, tokens, password=PASSWORD):
+    return client.request("DELETE", "/users/me", json={"password": password}, headers=bearer(tokens["access_token"]))
+
+
+def test_deleting_the_account_ends_every_session_frees_the_name_and_never_reuses_the_id(client):
+    tokens_for(client, "bob")
+    laptop = tokens_for(client)
+    phone = log_in(client).json()
+
+    response = delete_account(client, laptop)
+
+    assert response.status_code == 204
+    for tokens in (laptop, phone):
+        assert greet(client, tokens) == 401
+        assert_refused(refresh(client, tokens["refresh_token"]))
+    with Session(database.engine) as session:
+        assert session.scalars(select(LoginSession.user_id)).all() == [1]  # bob's only
+    again = sign_up(client)
+    assert again.status_code == 201
+    assert again.json()["id"] == 3
+    assert greet(client, laptop) == 401
+
+
+def test_a_wrong_password_does_not_delete_the_account_and_is_counted_until_429(client):
+    tokens = tokens_for(client)
+
+    answers = [delete_account(client, tokens, "not the password") for _ in range(5)]
+    throttled = delete_account(client, tokens)
+
+    assert [answer.status_code for answer in answers] == [403] * 5
+    assert throttled.status_code == 429
+    assert greet(client, tokens) == 200
+
+
+# Upgrading from 1.0.0, which had no sessions
+
+
+def release_1_0_schema():
+    """The tables as release 1.0.0 made them."""
+    metadata = MetaData()
+    Table(
+        "users",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("username", String(64), unique=True, index=True),
+        Column("hashed_password", String(255)),
+        sqlite_autoincrement=True,
+    )
+    Table(
+        "login_failures",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("client_address", String(255)),
+        Column("username", String(64)),
+        Column("failed_at", Float, index=True),
+        Index("ix_login_failures_address_username", "client_address", "username"),
+    )
+    return metadata
+
+
+def test_a_database_made_by_release_1_0_keeps_its_users_and_counts(monkeypatch):
+    database.Base.metadata.drop_all(database.engine)
+    old = release_1_0_schema()
+    old.create_all(database.engine)
+    with database.engine.begin() as connection:
+        connection.execute(
+            insert(old.tables["users"]).values(
+                username="alice", hashed_password=passwords.password_context.hash(PASSWORD)
+            )
+        )
+        connection.execute(
+            insert(old.tables["login_failures"]),
+            [{"client_address": "testclient", "username": "bob", "failed_at": time.time()}] * 5,
+        )
+    old_token = jwt.encode({"sub": "alice", "id": 1, "exp": 2**40}, auth.SECRET_KEY, algorithm="HS256")
+
+    with TestClient(main.app) as client:
+        tokens = log_in(client).json()
+        answers = [greet(client, tokens), log_in(client, "bob").status_code]
+        old = client.get("/", headers=bearer(old_token))
+
+    assert answers == [200, 429]
+    assert old.status_code == 401
+    assert 'error="invalid_token"' in old.headers["WWW-Authenticate"]

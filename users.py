@@ -1,0 +1,91 @@
+"""The signed-in user's own account: read it, change its password, delete it."""
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import delete, update
+from sqlalchemy.orm import Session
+
+import sessions
+from auth import (
+    BAD_TOKEN_RESPONSE,
+    BUSY_RESPONSE,
+    THROTTLED_RESPONSE,
+    CurrentUser,
+    Detail,
+    SignedInUser,
+    UserPublic,
+    check_password,
+    client_address,
+    in_login_session,
+)
+from models import User
+from passwords import HAS_USERNAME, NewPassword, StoredPassword, contains_username, hash_password
+
+WRONG_PASSWORD = "The password is not correct"  # noqa: S105 (a message, not a password)
+PASSWORD_ROUTE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status.HTTP_403_FORBIDDEN: {"model": Detail, "description": WRONG_PASSWORD},
+    **BAD_TOKEN_RESPONSE,
+    **THROTTLED_RESPONSE,
+    **BUSY_RESPONSE,
+}
+
+router = APIRouter(prefix="/users", tags=["users"])
+
+
+class PasswordChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    current_password: StoredPassword
+    new_password: NewPassword
+
+
+class AccountDeletion(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    password: StoredPassword
+
+
+@router.get("/me", responses=BAD_TOKEN_RESPONSE | BUSY_RESPONSE)
+async def read_current_user(user: CurrentUser) -> UserPublic:
+    return user
+
+
+async def confirm_password(request: Request, user: SignedInUser, password: str) -> None:
+    """A stolen token is not enough: the password is asked again, and guesses are throttled as logins are."""
+    if await check_password(client_address(request), user.username, password) is None:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, WRONG_PASSWORD)
+
+
+def save_password(session: Session, user: SignedInUser, hashed_password: str) -> None:
+    """One transaction: the new hash, and every other session of the user ended."""
+    session.execute(update(User).where(User.id == user.id).values(hashed_password=hashed_password))
+    sessions.end_others(session, user.id, user.session_id)
+    session.commit()
+
+
+@router.patch("/me/password", status_code=status.HTTP_204_NO_CONTENT, responses=PASSWORD_ROUTE_RESPONSES)
+async def change_password(change: PasswordChange, user: CurrentUser, request: Request) -> None:
+    """Every other session of the user ends, on every device; the session that made the change goes on."""
+    if contains_username(change.new_password, user.username):
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ("body", "new_password"), "msg": f"Value error, {HAS_USERNAME}"}]
+        )
+    await confirm_password(request, user, change.current_password)
+    hashed_password = await hash_password(change.new_password)
+    await in_login_session(lambda session: save_password(session, user, hashed_password))
+
+
+def delete_user(session: Session, user: SignedInUser) -> None:
+    """Its sessions go with it (a foreign key). Ids are never handed out again, so no old token opens a new account."""
+    session.execute(delete(User).where(User.id == user.id))
+    session.commit()
+
+
+@router.delete("/me", status_code=status.HTTP_204_NO_CONTENT, responses=PASSWORD_ROUTE_RESPONSES)
+async def delete_account(confirmation: AccountDeletion, user: CurrentUser, request: Request) -> None:
+    """Delete the account and all its sessions; the username is free again."""
+    await confirm_password(request, user, confirmation.password)
+    await in_login_session(lambda session: delete_user(session, user))
