@@ -222,25 +222,26 @@ async def check_password(address: str, username: str, password: str) -> User | N
     return user
 
 
-def issue_tokens(user: User, login: LoginSession, refresh_token: str) -> Token:
+def issue_tokens(user_id: int, username: str, session_id: str, session_ends_at: float, refresh_token: str) -> Token:
     """An access token that ends with its session at the latest, and the session's refresh token."""
     issued_at = int(time.time())
-    expires_at = min(issued_at + settings.access_token_expire_minutes * 60, int(login.ends_at))
-    claims = {"sub": user.username, "id": user.id, "sid": login.id, "iat": issued_at, "exp": expires_at}
+    expires_at = min(issued_at + settings.access_token_expire_minutes * 60, int(session_ends_at))
+    claims = {"sub": username, "id": user_id, "sid": session_id, "iat": issued_at, "exp": expires_at}
     access_token = jwt.encode(claims, SECRET_KEY, algorithm=settings.algorithm)
     return Token(access_token=access_token, expires_in=expires_at - issued_at, refresh_token=refresh_token)
 
 
 def start_session(session: Session, user: User) -> Token:
-    return issue_tokens(user, *sessions.start(session, user.id))
+    login, refresh_token = sessions.start(session, user.id)
+    return issue_tokens(user.id, user.username, login.id, login.ends_at, refresh_token)
 
 
 def refresh_session(session: Session, refresh_token: str) -> Token | None:
     rotated = sessions.rotate(session, refresh_token)
     if rotated is None:
         return None
-    login, next_refresh_token = rotated
-    return issue_tokens(session.get_one(User, login.user_id), login, next_refresh_token)
+    renewed, next_refresh_token = rotated
+    return issue_tokens(renewed.user_id, renewed.username, renewed.id, renewed.ends_at, next_refresh_token)
 
 
 def unauthorized(challenge: str) -> HTTPException:

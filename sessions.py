@@ -12,13 +12,31 @@ import hashlib
 import secrets
 import time
 
-from sqlalchemy import delete, update
+from sqlalchemy import Row, bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from config import settings
-from models import LoginSession
+from models import LoginSession, User
 
 SECONDS_PER_DAY = 86_400
+
+# Every refresh runs this UPDATE, built once. It matches only the current token of a session that has not run
+# out, so of several requests with one token exactly one wins, on SQLite and PostgreSQL alike.
+ROTATE = (
+    update(LoginSession)
+    .where(
+        LoginSession.id == bindparam("session_id"),
+        LoginSession.refresh_hash == bindparam("presented_hash"),
+        LoginSession.ends_at > bindparam("now"),
+    )
+    .values(refresh_hash=bindparam("next_hash"))
+    .returning(
+        LoginSession.id,
+        LoginSession.user_id,
+        LoginSession.ends_at,
+        select(User.username).where(User.id == LoginSession.user_id).scalar_subquery().label("username"),
+    )
+)
 
 
 def hashed(refresh_token: str) -> str:
@@ -50,25 +68,21 @@ def start(session: Session, user_id: int) -> tuple[LoginSession, str]:
     return login, refresh_token
 
 
-def rotate(session: Session, refresh_token: str) -> tuple[LoginSession, str] | None:
-    """Swap the session's current refresh token for a new one, or end the session the token names.
-
-    The UPDATE matches only the current token of a session that has not run out, so of several requests
-    with one token exactly one wins, on SQLite and PostgreSQL alike. Any other token that names a session
-    is a spent one come back (RFC 9700 §4.14.2): someone holds a copy, so the session ends.
-    """
+def rotate(session: Session, refresh_token: str) -> tuple[Row[tuple[str, int, float, str]], str] | None:
+    """Swap the session's current refresh token for a new one; return the session, its user's name and the new
+    token. Or end the session the token names and return None: any other token that names a session is a spent
+    one come back (RFC 9700 §4.14.2), so someone holds a copy."""
     session_id = session_id_of(refresh_token)
     next_token = new_refresh_token(session_id)
-    renewed = session.scalar(
-        update(LoginSession)
-        .where(
-            LoginSession.id == session_id,
-            LoginSession.refresh_hash == hashed(refresh_token),
-            LoginSession.ends_at > time.time(),
-        )
-        .values(refresh_hash=hashed(next_token))
-        .returning(LoginSession)
-    )
+    renewed = session.execute(
+        ROTATE,
+        {
+            "session_id": session_id,
+            "presented_hash": hashed(refresh_token),
+            "now": time.time(),
+            "next_hash": hashed(next_token),
+        },
+    ).first()
     if renewed is None:
         end(session, session_id)
         return None
