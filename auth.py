@@ -223,10 +223,20 @@ async def check_password(address: str, username: str, password: str) -> User | N
 
 
 def issue_tokens(user_id: int, username: str, session_id: str, session_ends_at: float, refresh_token: str) -> Token:
-    """An access token that ends with its session at the latest, and the session's refresh token."""
+    """An access token that ends with its session at the latest, and the session's refresh token.
+
+    `jti` tells apart two access tokens issued in the same second, so that a refresh never hands back the same one.
+    """
     issued_at = int(time.time())
     expires_at = min(issued_at + settings.access_token_expire_minutes * 60, int(session_ends_at))
-    claims = {"sub": username, "id": user_id, "sid": session_id, "iat": issued_at, "exp": expires_at}
+    claims = {
+        "sub": username,
+        "id": user_id,
+        "sid": session_id,
+        "iat": issued_at,
+        "exp": expires_at,
+        "jti": secrets.token_urlsafe(8),
+    }
     access_token = jwt.encode(claims, SECRET_KEY, algorithm=settings.algorithm)
     return Token(access_token=access_token, expires_in=expires_at - issued_at, refresh_token=refresh_token)
 

@@ -173,6 +173,7 @@ def test_log_in_returns_a_bearer_token_with_the_expected_claims(client):
     assert body.keys() == {"access_token", "token_type", "expires_in", "refresh_token"}
     assert body["token_type"] == "bearer"
     claims = jwt.decode(body["access_token"], auth.SECRET_KEY, algorithms=["HS256"])
+    assert claims.keys() == {"sub", "id", "sid", "iat", "exp", "jti"}
     assert claims["sub"] == "alice"
     assert claims["id"] == 1
     assert claims["sid"] == body["refresh_token"].split(".")[0]

@@ -57,6 +57,7 @@ def test_a_refresh_gives_a_new_pair_in_the_same_session(client):
     renewed = response.json()
     assert renewed.keys() == tokens.keys()
     assert renewed["refresh_token"] != tokens["refresh_token"]
+    assert renewed["access_token"] != tokens["access_token"]
     assert renewed["expires_in"] == 1800
     assert (
         jwt.get_unverified_claims(renewed["access_token"])["sid"]
