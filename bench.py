@@ -234,7 +234,9 @@ async def measure(app_port: int, bare_port: int, quick: bool) -> dict[str, Any]:
     refreshes = await refreshes_per_second(app_port, 3 if quick else 6)
     greeting = routes["protected"][1]
     _, idle = await while_greeting(app_port, greeting, asyncio.sleep(2))
-    _, writing = await while_greeting(app_port, greeting, refreshes_per_second(app_port, 3 if quick else 6, pause=0.1))
+    half_the_capacity = REFRESH_CLIENTS / (refreshes / 2)  # the pause that makes a steady stream of writes
+    writes = refreshes_per_second(app_port, 3 if quick else 6, pause=half_the_capacity)
+    _, writing = await while_greeting(app_port, greeting, writes)
 
     unknown, known = [], []
     connection = await Connection.open(app_port)

@@ -11,7 +11,7 @@ import sqlite3
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from anyio import to_thread
-from sqlalchemy import Dialect, Select
+from sqlalchemy import Dialect, Engine, Select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
 
@@ -28,7 +28,7 @@ SQLITE_NAMED_PARAMETERS = sqlite.dialect(paramstyle="named")
 POSTGRES_CONNECTIONS = 5  # for these reads, in each process, besides the engine's pool
 
 sqlite_readers: dict[str, sqlite3.Connection] = {}
-postgres_pools: dict[str, "AsyncConnectionPool[AsyncConnection[Any]]"] = {}
+postgres_pools: dict[Engine, "AsyncConnectionPool[AsyncConnection[Any]]"] = {}
 
 
 async def read_value(statement: Select[V], **params: Any) -> V | None:
@@ -87,11 +87,11 @@ async def postgres_pool() -> "AsyncConnectionPool[AsyncConnection[Any]]":
     """psycopg's pool of async connections to the engine's database, checked before each use like the engine's."""
     from psycopg_pool import AsyncConnectionPool  # the postgres extra
 
-    url = database.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    if url not in postgres_pools:
+    pool = postgres_pools.get(database.engine)
+    if pool is None:
         timeout = settings.database_timeout_seconds
-        pool = AsyncConnectionPool(
-            url,
+        pool = postgres_pools[database.engine] = AsyncConnectionPool(
+            database.engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
             min_size=1,
             max_size=POSTGRES_CONNECTIONS,
             timeout=timeout,
@@ -99,10 +99,9 @@ async def postgres_pool() -> "AsyncConnectionPool[AsyncConnection[Any]]":
             check=AsyncConnectionPool.check_connection,
             open=False,
         )
-        await pool.open()  # it connects in the background
-        if postgres_pools.setdefault(url, pool) is not pool:  # another request opened one meanwhile
-            await pool.close()
-    return postgres_pools[url]
+    if pool.closed:
+        await pool.open()  # it then connects in the background; reads that come meanwhile wait here, then go on
+    return pool
 
 
 @functools.cache
