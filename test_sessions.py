@@ -282,24 +282,36 @@ def test_revoking_either_token_ends_its_session(client, kind, with_hint):
     assert greet(client, other) == 200
 
 
-def test_revoking_an_expired_access_token_still_ends_its_session(client, clock):
-    tokens = tokens_for(client)
-    clock(30 * 60 + 1)
+def signed_like(access_token, key=None, algorithm="HS256", **changes):
+    """A token we sign ourselves, with the claims of a real one and some changed."""
+    claims = {**jwt.get_unverified_claims(access_token), **changes}
+    return jwt.encode(claims, key or auth.SECRET_KEY, algorithm=algorithm)
 
-    assert revoke(client, tokens["access_token"]).status_code == 200
+
+def test_revoking_an_expired_access_token_still_ends_its_session(client):
+    tokens = tokens_for(client)
+    expired = signed_like(tokens["access_token"], exp=int(time.time()) - 60)
+
+    assert revoke(client, expired).status_code == 200
 
     assert_refused(refresh(client, tokens["refresh_token"]))
 
 
 @pytest.mark.parametrize(
-    "token",
-    [
-        "garbage",
-        "a.b.c",
-        "no-such-session.abc",
-        jwt.encode({"sid": "x", "exp": 2**40}, "another-key-" + "k" * 32, algorithm="HS256"),
-    ],
-    ids=["garbage", "looks like a JWT", "unknown session", "signed with another key"],
+    ("key", "algorithm"),
+    [("another-key-" + "k" * 32, "HS256"), (None, "HS512")],
+    ids=["signed with another key", "another HMAC algorithm"],
+)
+def test_revoking_a_token_that_names_the_session_but_is_not_ours_ends_nothing(client, key, algorithm):
+    tokens = tokens_for(client)
+
+    assert revoke(client, signed_like(tokens["access_token"], key, algorithm)).status_code == 200
+
+    assert greet(client, tokens) == 200
+
+
+@pytest.mark.parametrize(
+    "token", ["garbage", "a.b.c", "no-such-session.abc"], ids=["garbage", "looks like a JWT", "unknown session"]
 )
 def test_revoking_what_is_not_our_token_is_200_and_ends_nothing(client, token):
     tokens = tokens_for(client)
@@ -310,9 +322,9 @@ def test_revoking_what_is_not_our_token_is_200_and_ends_nothing(client, token):
     assert greet(client, tokens) == 200
 
 
-def test_revoking_with_a_token_signed_with_our_key_but_another_sessions_id_spares_this_one(client):
+def test_revoking_a_token_of_ours_whose_sid_is_not_text_is_200_and_ends_nothing(client):
     tokens = tokens_for(client)
-    forged = jwt.encode({"sid": 42, "exp": 2**40}, auth.SECRET_KEY, algorithm="HS256")
+    forged = signed_like(tokens["access_token"], sid=["not", "a", "session", "id"])
 
     assert revoke(client, forged).status_code == 200
     assert greet(client, tokens) == 200
@@ -506,3 +518,20 @@ def test_a_database_made_by_release_1_0_keeps_its_users_and_counts(monkeypatch):
     assert answers == [200, 429]
     assert old.status_code == 401
     assert 'error="invalid_token"' in old.headers["WWW-Authenticate"]
+
+
+def test_the_new_routes_are_in_the_docs_and_those_that_need_a_token_show_the_lock(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    locked = {
+        (path, method)
+        for path, operations in paths.items()
+        for method, operation in operations.items()
+        if operation.get("security") == [{"OAuth2PasswordBearer": []}]
+    }
+
+    assert {("/auth/logout", "post"), ("/users/me/password", "patch"), ("/users/me", "delete")} <= locked
+    assert ("/auth/revoke", "post") not in locked
+    assert set(paths["/auth/token"]["post"]["responses"]) >= {"200", "400", "401", "422", "429", "503"}
+    assert set(paths["/auth/revoke"]["post"]["responses"]) >= {"200", "400", "503"}
+    for path, method in (("/users/me/password", "patch"), ("/users/me", "delete")):
+        assert set(paths[path][method]["responses"]) >= {"204", "401", "403", "422", "429", "503"}

@@ -244,3 +244,20 @@ def test_a_missing_secret_key_is_replaced_by_a_random_one_with_a_warning(caplog)
         ]
         * 2
     )
+
+
+SLOW_FIRST_HASH = """
+import time
+ticks = iter(range(0, 10**9, 10))  # every reading of the clock is 10 s after the last, as on a very busy machine
+time.perf_counter = lambda: float(next(ticks))
+import passwords
+print(passwords.SECONDS_PER_HASH, passwords.CORES, passwords.places_to_hash.total_tokens)
+"""
+
+
+def test_a_slow_hash_at_start_up_still_leaves_room_for_a_handful_of_logins_at_once():
+    result = run_python(SLOW_FIRST_HASH)
+
+    seconds_per_hash, cores, places = result.stdout.split()
+    assert float(seconds_per_hash) >= 10, result.stderr
+    assert int(places) == int(cores) + 16
