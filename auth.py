@@ -241,8 +241,12 @@ def issue_tokens(user_id: int, username: str, session_id: str, session_ends_at: 
     return Token(access_token=access_token, expires_in=expires_at - issued_at, refresh_token=refresh_token)
 
 
-def start_session(session: Session, user: User) -> Token:
-    login, refresh_token = sessions.start(session, user.id)
+def start_session(session: Session, user: User) -> Token | None:
+    """None if the account was deleted since its password was checked: its sessions' foreign key says so."""
+    try:
+        login, refresh_token = sessions.start(session, user.id)
+    except IntegrityError:
+        return None
     return issue_tokens(user.id, user.username, login.id, login.ends_at, refresh_token)
 
 
@@ -389,7 +393,8 @@ async def log_in(form: TokenForm, address: str) -> Token | JSONResponse:
     user = await check_password(address, credentials.username, credentials.password)
     if user is None:
         return oauth_error(status.HTTP_401_UNAUTHORIZED, "invalid_grant", BAD_LOGIN)
-    return await in_login_session(lambda session: start_session(session, user))
+    token = await in_login_session(lambda session: start_session(session, user))
+    return token or oauth_error(status.HTTP_401_UNAUTHORIZED, "invalid_grant", BAD_LOGIN)
 
 
 async def refresh(refresh_token: str | None) -> Token | JSONResponse:

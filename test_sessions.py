@@ -227,6 +227,13 @@ def test_a_verified_token_is_still_checked_for_expiry_on_every_use(client, clock
     assert greet(client, tokens) == 401
 
 
+def test_a_login_whose_account_was_deleted_after_its_password_was_checked_starts_no_session():
+    with database.SessionLocal() as session:
+        assert auth.start_session(session, User(id=999, username="ghost", hashed_password="x")) is None
+
+    assert count_sessions() == 0
+
+
 def test_sessions_that_have_run_out_are_deleted_at_the_next_login(client, clock):
     tokens_for(client)
     clock(30 * 24 * 3600)
