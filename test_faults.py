@@ -435,6 +435,11 @@ def test_the_sqlite_reader_on_the_event_loop_has_no_busy_timeout_and_only_reads(
         reader.execute("DELETE FROM users")
 
 
+@pytest.mark.parametrize("path", [None, ":memory:"])
+def test_an_sqlite_database_in_memory_has_no_file_to_read_on_the_event_loop(path):
+    assert fast_reads.sqlite_reader(path) is None
+
+
 def test_any_other_database_is_read_on_a_worker_thread(client, monkeypatch, thread_reads):
     token = token_for(client)
     monkeypatch.setattr(database.engine.dialect, "name", "another database")
