@@ -10,14 +10,17 @@ import os
 import secrets
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import anyio
 import bcrypt
 import pytest
 
@@ -45,9 +48,13 @@ for name in (
     os.environ.pop(name, None)
 
 from fastapi.testclient import TestClient
-from sqlalchemy.orm import sessionmaker
+from jose import jwt
+from sqlalchemy import func, make_url, select
+from sqlalchemy.orm import Session, sessionmaker
 
+import auth
 import database
+import fast_reads
 import main
 import passwords
 
@@ -117,6 +124,41 @@ def answer_from(monkeypatch, engine):
     """Make the app talk to the database through this engine for the rest of the test."""
     monkeypatch.setattr(database, "engine", engine)
     monkeypatch.setattr(database, "SessionLocal", sessionmaker(engine, expire_on_commit=False))
+
+
+def own_sqlite_file(monkeypatch):
+    """Make the app use an SQLite file of this test's own, which no other connection has open; return its path."""
+    path = f"{tempfile.mkdtemp(dir=TEST_FOLDER)}/own.db"
+    answer_from(monkeypatch, database.make_engine(make_url(f"sqlite:///{path}")))
+    return path
+
+
+def lock_out_readers(path):
+    """Close the app's connections, then hold the file as a program in exclusive locking mode does after a write:
+    no reader gets in until the connection returned is closed."""
+    anyio.run(fast_reads.close)
+    database.engine.dispose()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("DELETE FROM login_failures")
+    holder.execute("COMMIT")
+    return holder
+
+
+def count_rows(model):
+    with Session(database.engine) as session:
+        return session.scalar(select(func.count()).select_from(model))
+
+
+def claims_for(token, **changes):
+    """The claims of a real token, with some changed (None leaves one out), for a token we sign ourselves."""
+    claims = {**jwt.get_unverified_claims(token), "exp": datetime.now(UTC) + timedelta(minutes=5), **changes}
+    return {name: value for name, value in claims.items() if value is not None}
+
+
+def signed(claims, key=None, algorithm="HS256"):
+    return jwt.encode(claims, key or auth.SECRET_KEY, algorithm=algorithm)
 
 
 def sign_up(client, username="alice", password=PASSWORD):

@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from jose import jwt
 from passlib.context import CryptContext
-from sqlalchemy import func, inspect, select
+from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool
 
@@ -33,6 +33,8 @@ from conftest import (
     TEST_FOLDER,
     bearer,
     child_env,
+    claims_for,
+    count_rows,
     free_port,
     log_in,
     politely,
@@ -40,17 +42,13 @@ from conftest import (
     run_python,
     serve,
     sign_up,
+    signed,
     sqlite_only,
     start_server,
     stop_server,
     token_for,
 )
 from models import User
-
-
-def count_users():
-    with Session(database.engine) as session:
-        return session.scalar(select(func.count()).select_from(User))
 
 
 def stored_hash(username):
@@ -60,12 +58,6 @@ def stored_hash(username):
 
 def b64(data: dict[str, object]) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
-
-
-def claims_for(token, **changes):
-    """The claims of a real token, with some changed (None leaves one out), for a token we sign ourselves."""
-    claims = {**jwt.get_unverified_claims(token), "exp": datetime.now(UTC) + timedelta(minutes=5), **changes}
-    return {name: value for name, value in claims.items() if value is not None}
 
 
 # Sign up
@@ -104,7 +96,7 @@ def test_sign_up_refuses_invalid_input_with_the_rule_that_failed(client, body, f
     assert error["loc"] == ["body", field]
     assert error["type"] == rule
     assert error["msg"]
-    assert count_users() == 0
+    assert count_rows(User) == 0
 
 
 def test_password_over_72_bytes_says_why(client):
@@ -120,7 +112,7 @@ def test_duplicate_username_returns_409(client):
 
     assert response.status_code == 409
     assert response.json() == {"detail": "Username already registered"}
-    assert count_users() == 1
+    assert count_rows(User) == 1
 
 
 @pytest.mark.parametrize(
@@ -274,7 +266,7 @@ def test_sql_in_a_login_username_is_plain_text(client):
     response = log_in(client, username="' OR 1=1 --")
 
     assert response.status_code == 401
-    assert count_users() == 1
+    assert count_rows(User) == 1
 
 
 # Protected routes
@@ -345,10 +337,6 @@ def tampered(token):
     return f"{header}.{b64(claims)}.{signature}"
 
 
-def signed(claims, key=None, algorithm="HS256"):
-    return jwt.encode(claims, key or auth.SECRET_KEY, algorithm=algorithm)
-
-
 BAD_TOKENS = {
     "tampered payload": tampered,
     "signed with another key": lambda token: signed(claims_for(token), key="another-key-" + "x" * 32),
@@ -411,7 +399,7 @@ def test_workers_starting_together_create_the_tables_once():
         list(pool.map(start_worker, range(8)))
     database.engine.dispose()  # workers are processes, each with connections of its own: forget these threads'
 
-    assert count_users() == 0
+    assert count_rows(User) == 0
     assert [index["name"] for index in inspect(database.engine).get_indexes("users")] == ["ix_users_username"]
 
 
@@ -448,7 +436,7 @@ def test_one_megabyte_username_or_password_is_refused_as_too_large_before_hashin
         assert response.status_code == 413
         assert response.json() == {"detail": "Request body too large: the limit is 4096 bytes"}
     assert bcrypt_runs == []
-    assert count_users() == 0
+    assert count_rows(User) == 0
 
 
 @pytest.mark.parametrize(
@@ -519,7 +507,7 @@ def test_concurrent_duplicate_signups_give_exactly_one_account(client):
     [winner] = [number for number, status in results if status == 201]
     assert log_in(client, "racer", f"password-{winner}").status_code == 200
     assert log_in(client, "racer", f"password-{(winner + 1) % 20}").status_code == 401
-    assert count_users() == 1
+    assert count_rows(User) == 1
 
 
 def test_concurrent_distinct_signups_lose_nobody(client):
@@ -530,7 +518,7 @@ def test_concurrent_distinct_signups_lose_nobody(client):
         statuses = [status for batch in pool.map(sign_up_ten, range(8)) for status in batch]
 
     assert statuses == [201] * 80
-    assert count_users() == 80
+    assert count_rows(User) == 80
 
 
 def test_a_failed_request_leaves_no_lock_and_no_half_written_user(monkeypatch):
@@ -545,7 +533,7 @@ def test_a_failed_request_leaves_no_lock_and_no_half_written_user(monkeypatch):
 
     assert isinstance(database.engine.pool, QueuePool)
     assert database.engine.pool.checkedout() == 0
-    assert count_users() == 0
+    assert count_rows(User) == 0
     with TestClient(main.app) as client:
         assert sign_up(client, "bob").status_code == 201
 

@@ -3,23 +3,26 @@
 import re
 import socket
 import socketserver
-import sqlite3
-import tempfile
 import threading
 from html.parser import HTMLParser
 from urllib.parse import urlsplit
 
-import anyio
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, make_url, select
-from sqlalchemy.orm import Session
 
 import database
-import fast_reads
 import main
 from config import settings
-from conftest import TEST_DATABASE_URL, TEST_FOLDER, answer_from, free_port, log_in, sign_up
+from conftest import (
+    TEST_DATABASE_URL,
+    answer_from,
+    count_rows,
+    free_port,
+    lock_out_readers,
+    log_in,
+    own_sqlite_file,
+    sign_up,
+)
 from models import LoginFailure
 
 # /docs
@@ -96,17 +99,12 @@ def test_the_oauth2_redirect_page_that_swagger_ui_uses_is_served(client):
 # /health
 
 
-def count_failures():
-    with Session(database.engine) as session:
-        return session.scalar(select(func.count()).select_from(LoginFailure))
-
-
 def test_health_answers_ok_with_no_token_no_bcrypt_and_no_throttle(client, bcrypt_runs):
     answers = [client.get("/health") for _ in range(10)]
 
     assert [(answer.status_code, answer.json()) for answer in answers] == [(200, {"status": "ok"})] * 10
     assert bcrypt_runs == []
-    assert count_failures() == 0
+    assert count_rows(LoginFailure) == 0
     assert sign_up(client).status_code == 201
     assert log_in(client).status_code == 200
 
@@ -170,28 +168,16 @@ def outage(monkeypatch):
     if TEST_DATABASE_URL:
         relay = Relay(database.engine.url.host, database.engine.url.port)
         relay.start()
-        engine = database.make_engine(database.engine.url.set(host="127.0.0.1", port=relay.port))
-        answer_from(monkeypatch, engine)
+        answer_from(monkeypatch, database.make_engine(database.engine.url.set(host="127.0.0.1", port=relay.port)))
         yield relay.stop, relay.start
         relay.stop()
     else:
-        path = f"{tempfile.mkdtemp(dir=TEST_FOLDER)}/own.db"
-        engine = database.make_engine(make_url(f"sqlite:///{path}"))
-        database.Base.metadata.create_all(engine)
-        answer_from(monkeypatch, engine)
-        holder = sqlite3.connect(path, isolation_level=None)
-
-        def take_away():
-            anyio.run(fast_reads.close)  # so that the holder can take its lock
-            database.engine.dispose()
-            holder.execute("PRAGMA locking_mode=EXCLUSIVE")
-            holder.execute("BEGIN IMMEDIATE")
-            holder.execute("DELETE FROM login_failures")
-            holder.execute("COMMIT")
-
-        yield take_away, holder.close
-        holder.close()
-    engine.dispose()
+        path = own_sqlite_file(monkeypatch)
+        holders = []
+        yield (lambda: holders.append(lock_out_readers(path))), (lambda: holders.pop().close())
+        for holder in holders:
+            holder.close()
+    database.engine.dispose()
 
 
 def test_health_is_503_while_the_database_is_away_and_200_again_when_it_is_back(outage, caplog):

@@ -34,7 +34,9 @@ from conftest import (
     bearer,
     child_env,
     free_port,
+    lock_out_readers,
     log_in,
+    own_sqlite_file,
     postgres_only,
     sign_up,
     sqlite_only,
@@ -469,17 +471,10 @@ def test_a_lock_that_readers_wait_for_sends_the_read_to_a_thread_while_the_event
     monkeypatch, thread_reads
 ):
     monkeypatch.setattr(settings, "database_timeout_seconds", 60)
-    path = f"{tempfile.mkdtemp(dir=TEST_FOLDER)}/own.db"  # a file no other connection has open
-    answer_from(monkeypatch, database.make_engine(make_url(f"sqlite:///{path}")))
+    path = own_sqlite_file(monkeypatch)
     with TestClient(main.app) as client, ThreadPoolExecutor(1) as pool:
         token = token_for(client)
-        anyio.run(fast_reads.close)  # so that the holder can take its lock
-        database.engine.dispose()
-        holder = sqlite3.connect(path, isolation_level=None)
-        holder.execute("PRAGMA locking_mode=EXCLUSIVE")
-        holder.execute("BEGIN IMMEDIATE")
-        holder.execute("DELETE FROM login_failures")
-        holder.execute("COMMIT")
+        holder = lock_out_readers(path)
         greeting = pool.submit(client.get, "/", headers=bearer(token))
         deadline = time.monotonic() + 30
         while not thread_reads and time.monotonic() < deadline:

@@ -10,7 +10,7 @@ import pytest
 from anyio import CapacityLimiter
 from fastapi.testclient import TestClient
 from jose import jwt
-from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, func, insert, select, text
+from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, insert, select, text
 from sqlalchemy.orm import Session
 
 import auth
@@ -18,7 +18,7 @@ import database
 import main
 import passwords
 from config import settings
-from conftest import PASSWORD, bearer, log_in, refresh, sign_up, tokens_for
+from conftest import PASSWORD, bearer, claims_for, count_rows, log_in, refresh, sign_up, signed, tokens_for
 from models import LoginSession, User
 
 NEW_PASSWORD = "a brand new passphrase"
@@ -31,11 +31,6 @@ STALE_REFRESH = {
 
 def greet(client, tokens):
     return client.get("/", headers=bearer(tokens["access_token"])).status_code
-
-
-def count_sessions():
-    with Session(database.engine) as session:
-        return session.scalar(select(func.count()).select_from(LoginSession))
 
 
 def assert_refused(response):
@@ -66,7 +61,7 @@ def test_a_refresh_gives_a_new_pair_in_the_same_session(client):
     assert response.headers["Cache-Control"] == "no-store"
     assert response.headers["Pragma"] == "no-cache"
     assert greet(client, renewed) == 200
-    assert count_sessions() == 1
+    assert count_rows(LoginSession) == 1
 
 
 def test_a_spent_refresh_token_is_refused_and_ends_its_whole_session(client):
@@ -79,7 +74,7 @@ def test_a_spent_refresh_token_is_refused_and_ends_its_whole_session(client):
     assert greet(client, renewed) == 401
     assert greet(client, tokens) == 401
     assert_refused(refresh(client, renewed["refresh_token"]))
-    assert count_sessions() == 0
+    assert count_rows(LoginSession) == 0
 
 
 def test_a_spent_refresh_token_ends_only_its_own_session(client):
@@ -231,7 +226,7 @@ def test_a_login_whose_account_was_deleted_after_its_password_was_checked_starts
     with database.SessionLocal() as session:
         assert auth.start_session(session, User(id=999, username="ghost", hashed_password="x")) is None
 
-    assert count_sessions() == 0
+    assert count_rows(LoginSession) == 0
 
 
 def test_sessions_that_have_run_out_are_deleted_at_the_next_login(client, clock):
@@ -240,7 +235,7 @@ def test_sessions_that_have_run_out_are_deleted_at_the_next_login(client, clock)
 
     assert log_in(client).status_code == 200
 
-    assert count_sessions() == 1
+    assert count_rows(LoginSession) == 1
 
 
 # Logout
@@ -289,15 +284,9 @@ def test_revoking_either_token_ends_its_session(client, kind, with_hint):
     assert greet(client, other) == 200
 
 
-def signed_like(access_token, key=None, algorithm="HS256", **changes):
-    """A token we sign ourselves, with the claims of a real one and some changed."""
-    claims = {**jwt.get_unverified_claims(access_token), **changes}
-    return jwt.encode(claims, key or auth.SECRET_KEY, algorithm=algorithm)
-
-
 def test_revoking_an_expired_access_token_still_ends_its_session(client):
     tokens = tokens_for(client)
-    expired = signed_like(tokens["access_token"], exp=int(time.time()) - 60)
+    expired = signed(claims_for(tokens["access_token"], exp=int(time.time()) - 60))
 
     assert revoke(client, expired).status_code == 200
 
@@ -312,7 +301,7 @@ def test_revoking_an_expired_access_token_still_ends_its_session(client):
 def test_revoking_a_token_that_names_the_session_but_is_not_ours_ends_nothing(client, key, algorithm):
     tokens = tokens_for(client)
 
-    assert revoke(client, signed_like(tokens["access_token"], key, algorithm)).status_code == 200
+    assert revoke(client, signed(claims_for(tokens["access_token"]), key, algorithm)).status_code == 200
 
     assert greet(client, tokens) == 200
 
@@ -331,7 +320,7 @@ def test_revoking_what_is_not_our_token_is_200_and_ends_nothing(client, token):
 
 def test_revoking_a_token_of_ours_whose_sid_is_not_text_is_200_and_ends_nothing(client):
     tokens = tokens_for(client)
-    forged = signed_like(tokens["access_token"], sid=["not", "a", "session", "id"])
+    forged = signed(claims_for(tokens["access_token"], sid=["not", "a", "session", "id"]))
 
     assert revoke(client, forged).status_code == 200
     assert greet(client, tokens) == 200

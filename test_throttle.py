@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from anyio import CapacityLimiter
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, delete, func, select
+from sqlalchemy import create_engine, delete
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool
 
@@ -16,7 +16,7 @@ import database
 import main
 import passwords
 from config import settings
-from conftest import answer_from, bearer, log_in, run_python, sign_up, token_for
+from conftest import answer_from, bearer, count_rows, log_in, run_python, sign_up, token_for
 from models import LoginFailure, User
 
 ATTACKER = ("203.0.113.7", 50000)
@@ -30,11 +30,6 @@ def attacker():
 
 def fail(client, times, username="alice"):
     return [log_in(client, username, "not the password").status_code for _ in range(times)]
-
-
-def count_failures():
-    with Session(database.engine) as session:
-        return session.scalar(select(func.count()).select_from(LoginFailure))
 
 
 def test_five_failures_then_429_with_retry_after_until_the_oldest_leaves_the_window(client):
@@ -75,7 +70,7 @@ def test_failures_outside_the_window_are_deleted(client, clock):
 
     fail(client, 1, "nobody")
 
-    assert count_failures() == 1
+    assert count_rows(LoginFailure) == 1
 
 
 def test_an_unknown_username_is_counted_and_refused_exactly_like_a_real_one(client):
@@ -151,7 +146,7 @@ def test_zero_max_failures_turns_the_throttle_off(client, monkeypatch):
 
     assert fail(client, 8) == [401] * 8
     assert log_in(client).status_code == 200
-    assert count_failures() == 0
+    assert count_rows(LoginFailure) == 0
 
 
 ANOTHER_INSTANCE = """
@@ -194,7 +189,7 @@ def test_signup_and_login_get_503_with_retry_after_when_the_hashing_backlog_is_f
         assert response.json() == {"detail": "Too many logins and sign-ups at once: try again in a second"}
         assert response.headers["Retry-After"] == "1"
     assert greeting.status_code == 200
-    assert count_failures() == 0
+    assert count_rows(LoginFailure) == 0
 
 
 def test_no_database_connection_is_held_while_bcrypt_runs(client, monkeypatch, park_logins):
