@@ -165,6 +165,11 @@ def oauth_error(status_code: int, error: str, description: str) -> JSONResponse:
     return JSONResponse(body, status_code, {**challenge, **NO_STORE})
 
 
+def wrong_credentials() -> JSONResponse:
+    """The same answer for an unknown user and a wrong password, so nobody can probe which names exist."""
+    return oauth_error(status.HTTP_401_UNAUTHORIZED, "invalid_grant", BAD_LOGIN)
+
+
 def missing_fields(*names: str) -> RequestValidationError:
     """The 422 that FastAPI gives for a missing form field, for fields that only one grant needs."""
     return RequestValidationError(
@@ -389,12 +394,12 @@ async def log_in(form: TokenForm, address: str) -> Token | JSONResponse:
     try:
         credentials = Credentials(username=form.username, password=form.password)
     except ValidationError:
-        return oauth_error(status.HTTP_401_UNAUTHORIZED, "invalid_grant", BAD_LOGIN)
+        return wrong_credentials()
     user = await check_password(address, credentials.username, credentials.password)
     if user is None:
-        return oauth_error(status.HTTP_401_UNAUTHORIZED, "invalid_grant", BAD_LOGIN)
+        return wrong_credentials()
     token = await in_login_session(lambda session: start_session(session, user))
-    return token or oauth_error(status.HTTP_401_UNAUTHORIZED, "invalid_grant", BAD_LOGIN)
+    return token or wrong_credentials()
 
 
 async def refresh(refresh_token: str | None) -> Token | JSONResponse:
