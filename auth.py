@@ -2,6 +2,7 @@
 
 import functools
 import logging
+import re
 import secrets
 import time
 import unicodedata
@@ -14,7 +15,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import OAuth2PasswordBearer
 from jose import JWTError, jwt
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -32,6 +42,7 @@ from passwords import (
     NewPassword,
     StoredPassword,
     contains_username,
+    fold,
     hash_password,
     refuse_if_hashing_is_full,
     verify_password,
@@ -73,11 +84,27 @@ Username = Annotated[
     BeforeValidator(normalize_username),
 ]
 
+# Unicode's default-ignorable code points (DerivedCoreProperties.txt): they display as nothing at all.
+INVISIBLE = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f"
+    "\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
+)
+
+
+def visible(username: str) -> str:
+    """RFC 8265: a new name may not hide characters, so that two names that look the same are the same name."""
+    if INVISIBLE.search(username):
+        raise ValueError("Username must not contain invisible characters")
+    for before, character in zip("." + username, username, strict=False):
+        if before in "._-" and unicodedata.category(character).startswith("M"):
+            raise ValueError("Username must not contain an accent or other mark without a letter before it")
+    return username
+
 
 class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    username: Username
+    username: Annotated[Username, AfterValidator(visible)]
     password: NewPassword
 
     @field_validator("password")
@@ -199,16 +226,26 @@ def check_throttle_and_find_user(
     return None, session.scalar(select(User).where(User.username == username))
 
 
-def record_success(session: Session, client_address: str, user: User, new_hash: str | None) -> None:
+def record_success(session: Session, client_address: str, user: User, new_hash: str | None) -> bool:
+    """Clear the pair's failures, and store the new hash if the one that was checked is still there. False if it is
+    not: the password changed while it was being checked, and what was checked no longer holds."""
     throttle.clear_failures(session, client_address, user.username)
-    if new_hash:
-        session.execute(update(User).where(User.id == user.id).values(hashed_password=new_hash))
-        session.commit()
+    if not new_hash:
+        return True
+    still_verified = User.id == user.id, User.hashed_password == user.hashed_password
+    rehashed = session.execute(update(User).where(*still_verified).values(hashed_password=new_hash)).rowcount
+    session.commit()
+    if rehashed:
+        user.hashed_password = new_hash
+    return bool(rehashed)
 
 
 async def check_password(address: str, username: str, password: str) -> User | None:
     """The user if the password is theirs, else None: throttled per address and username, one bcrypt run
-    whether the user exists or not, and the failure counted. Each step holds only what it needs."""
+    whether the user exists or not, and the failure counted. Each step holds only what it needs.
+
+    The user comes back with the hash the password matched (or its rehash): a write that depends on this check
+    must commit only if that hash is still the stored one."""
     refuse_if_hashing_is_full()
     wait, user = await in_login_session(lambda session: check_throttle_and_find_user(session, address, username))
     if wait is not None:
@@ -223,8 +260,8 @@ async def check_password(address: str, username: str, password: str) -> User | N
     if user is None or not matches:
         await in_login_session(lambda session: throttle.record_failure(session, address, username))
         return None
-    await in_login_session(lambda session: record_success(session, address, user, new_hash))
-    return user
+    still_verified = await in_login_session(lambda session: record_success(session, address, user, new_hash))
+    return user if still_verified else None
 
 
 def issue_tokens(user_id: int, username: str, session_id: str, session_ends_at: float, refresh_token: str) -> Token:
@@ -247,12 +284,12 @@ def issue_tokens(user_id: int, username: str, session_id: str, session_ends_at: 
 
 
 def start_session(session: Session, user: User) -> Token | None:
-    """None if the account was deleted since its password was checked: its sessions' foreign key says so."""
-    try:
-        login, refresh_token = sessions.start(session, user.id)
-    except IntegrityError:
+    """None if the password was changed or the account deleted since the password was checked."""
+    started = sessions.start(session, user.id, user.hashed_password)
+    if started is None:
         return None
-    return issue_tokens(user.id, user.username, login.id, login.ends_at, refresh_token)
+    session_id, ends_at, refresh_token = started
+    return issue_tokens(user.id, user.username, session_id, ends_at, refresh_token)
 
 
 def refresh_session(session: Session, refresh_token: str) -> Token | None:
@@ -269,6 +306,16 @@ def unauthorized(challenge: str) -> HTTPException:
 
 def invalid_token() -> HTTPException:
     return unauthorized(f'Bearer error="invalid_token", error_description="{CREDENTIALS_REFUSED}"')
+
+
+# A compact JWS of base64url characters, and short: python-jose skips other characters inside a signature, so one
+# real token would otherwise verify in endless spellings, each kept by the cache below. Ours are about 300 bytes.
+ACCESS_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+MAX_TOKEN_LENGTH = 2048
+
+
+def has_access_token_shape(token: str) -> bool:
+    return len(token) <= MAX_TOKEN_LENGTH and ACCESS_TOKEN_SHAPE.fullmatch(token) is not None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -297,6 +344,8 @@ async def get_current_user(token: Annotated[str | None, Depends(oauth2_scheme)])
     """
     if not token:
         raise unauthorized("Bearer")
+    if not has_access_token_shape(token):
+        raise invalid_token()
     try:
         claims = verified_claims(token, SECRET_KEY, settings.algorithm)
     except (JWTError, ValidationError):
@@ -309,10 +358,10 @@ async def get_current_user(token: Annotated[str | None, Depends(oauth2_scheme)])
     return SignedInUser(id=claims.id, username=claims.sub, session_id=claims.sid)
 
 
-def session_id_of(token: str) -> str | None:
-    """The session an access token (signed by us, even if expired) or a refresh token names."""
-    if token.count(".") != 2:
-        return sessions.session_id_of(token)
+def signed_session_id(token: str) -> str | None:
+    """The session an access token signed by us names, even if it has expired."""
+    if not has_access_token_shape(token):
+        return None
     try:
         claims = jwt.decode(token, SECRET_KEY, algorithms=[settings.algorithm], options={"verify_exp": False})
     except JWTError:
@@ -336,7 +385,8 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 
 
 def add_user(session: Session, username: str, hashed_password: str) -> User:
-    user = User(username=username, hashed_password=hashed_password)
+    """A name that differs from another only by case is taken too: its username_key is the same."""
+    user = User(username=username, username_key=fold(username), hashed_password=hashed_password)
     session.add(user)
     try:
         session.commit()
@@ -427,11 +477,14 @@ async def log_out(user: CurrentUser) -> None:
     },
 )
 async def revoke(form: Annotated[RevokeForm, Form()]) -> Response:
-    """RFC 7009: end the session of an access or refresh token. A token that is unknown, expired or not a token
-    at all gets the same 200, so the answer says nothing about it; no client authentication (public clients)."""
-    if not form.token:
+    """RFC 7009: end the session of an access token that we signed (even an expired one), or of its current refresh
+    token. Anything else, a spent refresh token or a session's bare id included, ends nothing and gets the same 200,
+    so the answer says nothing about it; no client authentication (public clients)."""
+    token = form.token
+    if not token:
         return oauth_error(status.HTTP_400_BAD_REQUEST, "invalid_request", "token is required")
-    session_id = session_id_of(form.token)
-    if session_id:
+    if sessions.session_id_of(token):
+        await in_login_session(lambda session: sessions.end_by_refresh_token(session, token))
+    elif session_id := signed_session_id(token):
         await in_login_session(lambda session: sessions.end(session, session_id))
     return Response()

@@ -56,6 +56,7 @@ import auth
 import database
 import fast_reads
 import main
+import migrate
 import passwords
 
 postgres_only = pytest.mark.skipif(
@@ -102,17 +103,21 @@ def bcrypt_runs(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
 
 @pytest.fixture
 def park_logins(monkeypatch):
-    """Call it to make logins stop inside bcrypt; it returns an event set once one is there, and one to let it go."""
+    """Call it to make password checks stop inside bcrypt (only the first one, with first_only=True); it returns an
+    event set once one is there, and one to let it go."""
     events = threading.Event(), threading.Event()
     real_verify = passwords.password_context.verify_and_update
+    only_the_first = [False]
 
     def parked_verify(*args):
         hashing, may_finish = events
-        hashing.set()
-        may_finish.wait(timeout=10)
+        if not (only_the_first[0] and hashing.is_set()):
+            hashing.set()
+            may_finish.wait(timeout=10)
         return real_verify(*args)
 
-    def park():
+    def park(first_only=False):
+        only_the_first[0] = first_only
         monkeypatch.setattr(passwords.password_context, "verify_and_update", parked_verify)
         return events
 
@@ -130,6 +135,7 @@ def own_sqlite_file(monkeypatch):
     """Make the app use an SQLite file of this test's own, which no other connection has open; return its path."""
     path = f"{tempfile.mkdtemp(dir=TEST_FOLDER)}/own.db"
     answer_from(monkeypatch, database.make_engine(make_url(f"sqlite:///{path}")))
+    migrate.upgrade(database.engine)
     return path
 
 

@@ -1,13 +1,15 @@
 """The database: one engine for the app, and a short session for each piece of work, off the event loop."""
 
+import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from anyio import CapacityLimiter, to_thread
 from sqlalchemy import URL, Engine, create_engine, event, make_url
-from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import StaticPool
 
 from config import settings
 
@@ -35,16 +37,19 @@ def make_engine(url: URL) -> Engine:
     """Give up on a connection, a lock or a free pooled connection after a few seconds, so a client gets a 503.
 
     SQLite has one writer lock: it waits for it up to the timeout, and WAL lets readers go on meanwhile.
+    An SQLite database in memory lives as long as its one connection, which every thread shares.
     """
     timeout = settings.database_timeout_seconds
     is_sqlite = url.get_backend_name() == "sqlite"
     options: dict[str, Any]
-    if is_sqlite:
-        options = {"connect_args": {"check_same_thread": False, "timeout": timeout}}
+    if is_sqlite and url.database in (None, "", ":memory:"):
+        options = {"connect_args": {"check_same_thread": False}, "poolclass": StaticPool}
+    elif is_sqlite:
+        options = {"connect_args": {"check_same_thread": False, "timeout": timeout}, "pool_timeout": timeout}
     else:
-        options = {"connect_args": {"connect_timeout": timeout}, "pool_pre_ping": True}
+        options = {"connect_args": {"connect_timeout": timeout}, "pool_timeout": timeout, "pool_pre_ping": True}
     try:
-        engine = create_engine(url, pool_timeout=timeout, **options)
+        engine = create_engine(url, **options)
     except NoSuchModuleError:
         raise SystemExit(
             f"DATABASE_URL: SQLAlchemy knows no database called {url.drivername!r}; "
@@ -68,15 +73,6 @@ class Base(DeclarativeBase):
     pass
 
 
-def create_tables() -> None:
-    """Create missing tables. Workers starting together may race to create one: the loser looks again."""
-    for table in Base.metadata.sorted_tables:
-        try:
-            table.create(engine, checkfirst=True)
-        except DatabaseError:
-            table.create(engine, checkfirst=True)
-
-
 T = TypeVar("T")
 
 
@@ -96,6 +92,13 @@ async def in_session(work: Callable[[Session], T], limiter: CapacityLimiter | No
 UNAVAILABLE_SQLSTATES = ("08", "53300", "57P01", "57P02", "57P03")
 
 
+def sqlite_is_busy(error: sqlite3.Error) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED, with any extended code (SQLITE_BUSY_RECOVERY while another process recovers
+    the write-ahead log after a crash, SQLITE_BUSY_SNAPSHOT, ...): an extended code keeps its primary in its low byte.
+    """
+    return getattr(error, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 def is_unavailable(error: Exception) -> bool:
     """Tell "the database is down, restarting or busy: try again" from a defect such as a missing table.
 
@@ -109,9 +112,8 @@ def is_unavailable(error: Exception) -> bool:
         return False
     if error.connection_invalidated:
         return True
-    sqlite_error = getattr(error.orig, "sqlite_errorname", None)
-    if sqlite_error is not None:
-        return sqlite_error in ("SQLITE_BUSY", "SQLITE_LOCKED")
+    if isinstance(error.orig, sqlite3.Error):
+        return sqlite_is_busy(error.orig)
     sqlstate = getattr(error.orig, "sqlstate", None)
     if sqlstate is None:
         return isinstance(error, OperationalError)

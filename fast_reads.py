@@ -7,6 +7,7 @@ the answer comes. Any other database, and SQLite when it cannot answer at once, 
 """
 
 import functools
+import logging
 import sqlite3
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -22,10 +23,14 @@ if TYPE_CHECKING:
     from psycopg import AsyncConnection
     from psycopg_pool import AsyncConnectionPool
 
+logger = logging.getLogger(__name__)
 V = TypeVar("V")
-SQLITE_BUSY = ("SQLITE_BUSY", "SQLITE_LOCKED")
 SQLITE_NAMED_PARAMETERS = sqlite.dialect(paramstyle="named")
 POSTGRES_CONNECTIONS = 5  # for these reads, in each process, besides the engine's pool
+# psycopg's pool waits longer between attempts to reconnect the longer the database is away (1, 2, 4 … 64 s after
+# two minutes). Here each attempt gives up after this long instead, and a read that finds no connection starts a
+# new one at once: reads come back within about a second of the database, however long it was away.
+RECONNECT_SECONDS = 1.0
 
 sqlite_readers: dict[str, sqlite3.Connection] = {}
 postgres_pools: dict[Engine, "AsyncConnectionPool[AsyncConnection[Any]]"] = {}
@@ -39,7 +44,7 @@ async def read_value(statement: Select[V], **params: Any) -> V | None:
     busy timeout, fail at once with SQLITE_BUSY; it then goes to a worker thread, which may wait.
     """
     engine = database.engine
-    if engine.dialect.name == "postgresql":
+    if engine.dialect.name == "postgresql" and psycopg_pool_installed():
         return await read_from_postgres(statement, params)
     reader = sqlite_reader(engine.url.database) if engine.dialect.name == "sqlite" else None
     if reader is not None:
@@ -47,7 +52,7 @@ async def read_value(statement: Select[V], **params: Any) -> V | None:
         try:
             rows = reader.execute(sql, defaults | params).fetchall()  # all of them, so the read ends here
         except sqlite3.OperationalError as error:
-            if error.sqlite_errorname not in SQLITE_BUSY:
+            if not database.sqlite_is_busy(error):
                 raise
         else:
             return rows[0][0] if rows else None
@@ -95,6 +100,7 @@ async def postgres_pool() -> "AsyncConnectionPool[AsyncConnection[Any]]":
             min_size=1,
             max_size=POSTGRES_CONNECTIONS,
             timeout=timeout,
+            reconnect_timeout=RECONNECT_SECONDS,
             kwargs={"autocommit": True, "connect_timeout": timeout},
             check=AsyncConnectionPool.check_connection,
             open=False,
@@ -102,6 +108,20 @@ async def postgres_pool() -> "AsyncConnectionPool[AsyncConnection[Any]]":
     if pool.closed:
         await pool.open()  # it then connects in the background; reads that come meanwhile wait here, then go on
     return pool
+
+
+@functools.cache
+def psycopg_pool_installed() -> bool:
+    """psycopg installed by hand, without the postgres extra, has no pool: PostgreSQL is then read on a thread."""
+    try:
+        import psycopg_pool  # noqa: F401 (only whether it is there)
+    except ImportError:
+        logger.warning(
+            "psycopg_pool is not installed: protected requests read PostgreSQL on worker threads, more slowly; "
+            'install it with: pip install -e ".[postgres]"'
+        )
+        return False
+    return True
 
 
 @functools.cache

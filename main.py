@@ -13,16 +13,18 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import auth
+import database
 import fast_reads
+import migrate
 import users
 from auth import BAD_TOKEN_RESPONSE, BUSY_RESPONSE, CurrentUser, Detail
 from config import settings
-from database import create_tables, is_unavailable
+from database import is_unavailable
 from models import User
 
 logger = logging.getLogger(__name__)
@@ -32,12 +34,13 @@ logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 4096
 
 
+# Before the app is made, and not in its lifespan: an error here stops start-up with one line, where Starlette
+# would print a whole traceback for the same error raised in the lifespan.
+migrate.upgrade_or_exit(database.engine)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    try:
-        create_tables()
-    except OperationalError as error:
-        raise SystemExit(f"Cannot open the database in DATABASE_URL: {error.orig}") from None
     yield
     await fast_reads.close()
 

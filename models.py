@@ -11,6 +11,9 @@ class User(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    # The name case-folded, so that Alice and ALICE cannot both sign up. Null only for an account made before 1.2
+    # whose name differed from an older one's only by case: it keeps its name and logs in as before.
+    username_key: Mapped[str | None] = mapped_column(String(255), unique=True, index=True)
     hashed_password: Mapped[str] = mapped_column(String(255))
 
 
@@ -24,6 +27,16 @@ class LoginSession(Base):
     started_at: Mapped[float]  # seconds since 1970 (time.time()), as in login_failures
     ends_at: Mapped[float] = mapped_column(index=True)
     refresh_hash: Mapped[str] = mapped_column(String(64))  # SHA-256 of the current refresh token, never the token
+
+
+class SpentRefreshToken(Base):
+    """A refresh token that was traded for a new one, kept while its session lives: if it comes back, someone
+    holds a copy, and the session ends (RFC 9700 §4.14.2). Any other string that names a session ends nothing."""
+
+    __tablename__ = "spent_refresh_tokens"
+
+    refresh_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
 
 
 class LoginFailure(Base):

@@ -6,6 +6,7 @@ import unicodedata
 from collections.abc import Callable
 from typing import Annotated, TypeVar
 
+import bcrypt
 from anyio import CapacityLimiter, WouldBlock, to_thread
 from fastapi import HTTPException, status
 from passlib.context import CryptContext
@@ -69,9 +70,37 @@ async def hash_password(password: str) -> str:
     return await hash_off_the_loop(password_context.hash, password)
 
 
+def normalized(password: str) -> str:
+    """NIST SP 800-63B-4: é typed as one code point (most keyboards) or as e and an accent (some macOS paths)
+    is one password."""
+    return unicodedata.normalize("NFKC", password)
+
+
+def rounds_of(stored_hash: str) -> int:
+    return int(stored_hash.split("$")[2])  # $2b$12$…
+
+
+def verify_and_update(password: str, stored_hash: str) -> tuple[bool, str | None]:
+    """Whether the password matches, and a new hash when the stored one should be replaced.
+
+    The normalized form is tried first, then the form as typed, for accounts made before passwords were
+    normalized; such an account gets the normalized hash. A failed check against a hash of an older, cheaper cost
+    is padded with bcrypt runs up to the current cost's work, so that a wrong password for a known user takes
+    as long as one for an unknown user, whose check runs against a dummy hash at the current cost.
+    """
+    both = dict.fromkeys([normalized(password), password])  # one form when they are the same
+    forms = [form for form in both if len(form.encode()) <= MAX_PASSWORD_BYTES]
+    for form in forms:
+        matches, new_hash = password_context.verify_and_update(form, stored_hash)
+        if matches:
+            return True, new_hash if form == forms[0] else password_context.hash(forms[0])
+        for rounds in range(rounds_of(stored_hash), settings.bcrypt_rounds):  # 2^c + 2^c + … + 2^(C-1) = 2^C
+            bcrypt.hashpw(b"", bcrypt.gensalt(rounds))
+    return False, None
+
+
 async def verify_password(password: str, stored_hash: str) -> tuple[bool, str | None]:
-    """Whether the password matches, and a new hash when the stored one was made at an older cost."""
-    return await hash_off_the_loop(password_context.verify_and_update, password, stored_hash)
+    return await hash_off_the_loop(verify_and_update, password, stored_hash)
 
 
 def fold(text: str) -> str:
@@ -125,6 +154,7 @@ NewPassword = Annotated[
         ),
         examples=["correct horse battery"],
     ),
+    AfterValidator(normalized),
     AfterValidator(fits_bcrypt),
     AfterValidator(not_common),
 ]

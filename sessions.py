@@ -5,18 +5,20 @@ at revocation, when its user changes the password or deletes the account, and wh
 back. Ending a session deletes its row, and a token is accepted only while its session's row is there.
 
 A refresh token is the session's id, a dot and 256 random bits. Only its SHA-256 is stored, so a copy of the
-database holds no token that works. Each refresh swaps it for a new one (rotation), and the old one is spent.
+database holds no token that works. Each refresh swaps it for a new one (rotation), and the old one is spent:
+its hash is kept while the session lives, so that its return can be told from a string that only names the session.
 """
 
 import hashlib
+import re
 import secrets
 import time
 
-from sqlalchemy import Row, bindparam, delete, select, update
+from sqlalchemy import Row, bindparam, delete, exists, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from config import settings
-from models import LoginSession, User
+from models import LoginSession, SpentRefreshToken, User
 
 SECONDS_PER_DAY = 86_400
 
@@ -39,6 +41,12 @@ ROTATE = (
 )
 
 
+SPEND = insert(SpentRefreshToken).values(refresh_hash=bindparam("presented_hash"), session_id=bindparam("session_id"))
+
+# secrets.token_urlsafe(16) and (32): a string of any other shape is no token of ours, and reaches no query.
+REFRESH_TOKEN_SHAPE = re.compile(r"([A-Za-z0-9_-]{22})\.[A-Za-z0-9_-]{43}")
+
+
 def hashed(refresh_token: str) -> str:
     return hashlib.sha256(refresh_token.encode()).hexdigest()
 
@@ -47,52 +55,79 @@ def new_refresh_token(session_id: str) -> str:
     return f"{session_id}.{secrets.token_urlsafe(32)}"
 
 
-def session_id_of(refresh_token: str) -> str:
-    return refresh_token.partition(".")[0]
+def session_id_of(refresh_token: str) -> str | None:
+    """The session a refresh token names, or None if the string does not have a refresh token's shape."""
+    shape = REFRESH_TOKEN_SHAPE.fullmatch(refresh_token)
+    return shape[1] if shape else None
 
 
-def start(session: Session, user_id: int) -> tuple[LoginSession, str]:
-    """Start a session; return it and its first refresh token. Sessions that have run out are deleted."""
+def start(session: Session, user_id: int, verified_hash: str) -> tuple[str, float, str] | None:
+    """Start a session for a user whose password matched verified_hash; return its id, its end and its first
+    refresh token. Sessions that have run out are deleted.
+
+    It starts only if verified_hash is still the stored hash, in the same statement: a password changed or an
+    account deleted while the password was being checked starts nothing (None). On PostgreSQL the statement locks
+    the user's row (FOR SHARE), so a change that has not committed yet is waited for, then seen.
+    """
     now = time.time()
     session.execute(delete(LoginSession).where(LoginSession.ends_at <= now))
-    login = LoginSession(
-        id=secrets.token_urlsafe(16),
-        user_id=user_id,
-        started_at=now,
-        ends_at=now + settings.refresh_token_expire_days * SECONDS_PER_DAY,
+    session_id = secrets.token_urlsafe(16)
+    ends_at = now + settings.refresh_token_expire_days * SECONDS_PER_DAY
+    refresh_token = new_refresh_token(session_id)
+    if_still_verified = (
+        select(literal(session_id), User.id, literal(now), literal(ends_at), literal(hashed(refresh_token)))
+        .where(User.id == user_id, User.hashed_password == verified_hash)
+        .with_for_update(read=True)
     )
-    refresh_token = new_refresh_token(login.id)
-    login.refresh_hash = hashed(refresh_token)
-    session.add(login)
+    columns = ["id", "user_id", "started_at", "ends_at", "refresh_hash"]
+    started = session.execute(insert(LoginSession).from_select(columns, if_still_verified).returning(LoginSession.id))
+    started_id = started.scalar()
     session.commit()
-    return login, refresh_token
+    return (session_id, ends_at, refresh_token) if started_id else None
 
 
 def rotate(session: Session, refresh_token: str) -> tuple[Row[tuple[str, int, float, str]], str] | None:
     """Swap the session's current refresh token for a new one; return the session, its user's name and the new
-    token. Or end the session the token names and return None: any other token that names a session is a spent
-    one come back (RFC 9700 §4.14.2), so someone holds a copy."""
+    token. Or return None, and if the token is a spent one of the session come back, end the session: someone
+    holds a copy (RFC 9700 §4.14.2). Anything else, such as the session's id with a made-up secret, ends nothing.
+
+    The new token and the spent one are written in one transaction. A second request with the same token waits
+    for it (ROTATE locks the session's row), then finds the token spent.
+    """
     session_id = session_id_of(refresh_token)
+    if session_id is None:
+        return None
+    presented_hash = hashed(refresh_token)
     next_token = new_refresh_token(session_id)
-    # One statement needs no transaction around it: autocommit spares PostgreSQL the round trips of BEGIN and COMMIT.
-    connection = session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    connection = session.connection()
     renewed = connection.execute(
         ROTATE,
         {
             "session_id": session_id,
-            "presented_hash": hashed(refresh_token),
+            "presented_hash": presented_hash,
             "now": time.time(),
             "next_hash": hashed(next_token),
         },
     ).first()
     if renewed is None:
-        end(session, session_id)
-        return None
-    return renewed, next_token
+        spent = exists().where(SpentRefreshToken.refresh_hash == presented_hash)
+        connection.execute(delete(LoginSession).where(LoginSession.id == session_id, spent))
+    else:
+        connection.execute(SPEND, {"presented_hash": presented_hash, "session_id": session_id})
+    session.commit()
+    return (renewed, next_token) if renewed else None
 
 
 def end(session: Session, session_id: str) -> None:
     session.execute(delete(LoginSession).where(LoginSession.id == session_id))
+    session.commit()
+
+
+def end_by_refresh_token(session: Session, refresh_token: str) -> None:
+    """End the session whose current refresh token this is (revocation); a spent or made-up one ends nothing."""
+    session_id = session_id_of(refresh_token)
+    current = LoginSession.refresh_hash == hashed(refresh_token)
+    session.execute(delete(LoginSession).where(LoginSession.id == session_id, current))
     session.commit()
 
 

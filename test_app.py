@@ -380,29 +380,6 @@ def test_token_of_a_deleted_user_gets_401(client):
     assert response.status_code == 401
 
 
-def test_tables_are_created_at_start_up():
-    database.Base.metadata.drop_all(database.engine)
-
-    with TestClient(main.app) as client:
-        assert sign_up(client).status_code == 201
-
-
-def test_workers_starting_together_create_the_tables_once():
-    database.Base.metadata.drop_all(database.engine)
-    start = threading.Barrier(8)
-
-    def start_worker(_):
-        start.wait()
-        database.create_tables()
-
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(start_worker, range(8)))
-    database.engine.dispose()  # workers are processes, each with connections of its own: forget these threads'
-
-    assert count_rows(User) == 0
-    assert [index["name"] for index in inspect(database.engine).get_indexes("users")] == ["ix_users_username"]
-
-
 def test_hmac_tokens_never_load_ecdsa(client):
     """python-jose installs ecdsa (CVE-2024-23342); with cryptography and HS256 it is never imported."""
     token_for(client)
@@ -823,9 +800,7 @@ def test_python_main_py_serves_the_app():
 def test_the_default_database_is_auth_db_in_the_working_folder():
     workdir = tempfile.mkdtemp(dir=TEST_FOLDER)
 
-    result = run_python(
-        "import main, database; database.create_tables(); print(database.engine.url)", workdir, DATABASE_URL=None
-    )
+    result = run_python("import main, database; print(database.engine.url)", workdir, DATABASE_URL=None)
 
     assert result.stdout == "sqlite:///./auth.db\n", result.stderr
     assert Path(workdir, "auth.db").is_file()

@@ -262,22 +262,42 @@ def test_a_killed_server_loses_no_acknowledged_sign_up_nor_counted_failure():
 
 
 class DriverError(Exception):
-    """Stands for a driver's exception: psycopg's carry a SQLSTATE, sqlite3's an error name."""
+    """Stands for a psycopg exception, which carries a SQLSTATE."""
 
-    def __init__(self, sqlstate=None, sqlite_errorname=None):
+    def __init__(self, sqlstate=None):
         super().__init__("driver message")
         if sqlstate:
             self.sqlstate = sqlstate
-        if sqlite_errorname:
-            self.sqlite_errorname = sqlite_errorname
 
+
+def sqlite_error(code):
+    """An sqlite3 error as the driver raises it, with SQLite's (extended) result code."""
+    error = sqlite3.OperationalError("driver message")
+    error.sqlite_errorcode = code
+    return error
+
+
+# SQLite's result codes: https://sqlite.org/rescode.html
+SQLITE_CODES = {
+    "SQLITE_BUSY": (5, True),
+    "SQLITE_LOCKED": (6, True),
+    "SQLITE_BUSY_RECOVERY": (261, True),
+    "SQLITE_BUSY_SNAPSHOT": (517, True),
+    "SQLITE_BUSY_TIMEOUT": (773, True),
+    "SQLITE_LOCKED_SHAREDCACHE": (262, True),
+    "SQLITE_LOCKED_VTAB": (518, True),
+    "SQLITE_ERROR (a missing table)": (1, False),
+    "SQLITE_READONLY_RECOVERY": (1032, False),
+    "SQLITE_IOERR_SHORT_READ": (522, False),
+}
 
 DATABASE_ERRORS = {
     "no pooled connection came free": (PoolTimeoutError("QueuePool limit reached"), True),
     "the connection dropped": (OperationalError("SELECT 1", {}, DriverError(), connection_invalidated=True), True),
-    "SQLite busy": (OperationalError("INSERT", {}, DriverError(sqlite_errorname="SQLITE_BUSY")), True),
-    "SQLite locked table": (OperationalError("INSERT", {}, DriverError(sqlite_errorname="SQLITE_LOCKED")), True),
-    "SQLite missing table": (OperationalError("SELECT", {}, DriverError(sqlite_errorname="SQLITE_ERROR")), False),
+    **{
+        f"SQLite {name}": (OperationalError("INSERT", {}, sqlite_error(code)), unavailable)
+        for name, (code, unavailable) in SQLITE_CODES.items()
+    },
     "psycopg could not connect": (OperationalError("SELECT", {}, DriverError()), True),
     "PostgreSQL connection failure": (OperationalError("SELECT", {}, DriverError(sqlstate="08006")), True),
     "PostgreSQL too many connections": (OperationalError("SELECT", {}, DriverError(sqlstate="53300")), True),

@@ -8,14 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 import anyio
 import pytest
 from anyio import CapacityLimiter
-from fastapi.testclient import TestClient
 from jose import jwt
-from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, insert, select, text
+from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, select, text
 from sqlalchemy.orm import Session
 
 import auth
 import database
-import main
 import passwords
 from config import settings
 from conftest import PASSWORD, bearer, claims_for, count_rows, log_in, refresh, sign_up, signed, tokens_for
@@ -488,32 +486,6 @@ def release_1_0_schema():
         Index("ix_login_failures_address_username", "client_address", "username"),
     )
     return metadata
-
-
-def test_a_database_made_by_release_1_0_keeps_its_users_and_counts(monkeypatch):
-    database.Base.metadata.drop_all(database.engine)
-    old = release_1_0_schema()
-    old.create_all(database.engine)
-    with database.engine.begin() as connection:
-        connection.execute(
-            insert(old.tables["users"]).values(
-                username="alice", hashed_password=passwords.password_context.hash(PASSWORD)
-            )
-        )
-        connection.execute(
-            insert(old.tables["login_failures"]),
-            [{"client_address": "testclient", "username": "bob", "failed_at": time.time()}] * 5,
-        )
-    old_token = jwt.encode({"sub": "alice", "id": 1, "exp": 2**40}, auth.SECRET_KEY, algorithm="HS256")
-
-    with TestClient(main.app) as client:
-        tokens = log_in(client).json()
-        answers = [greet(client, tokens), log_in(client, "bob").status_code]
-        old = client.get("/", headers=bearer(old_token))
-
-    assert answers == [200, 429]
-    assert old.status_code == 401
-    assert 'error="invalid_token"' in old.headers["WWW-Authenticate"]
 
 
 def test_the_new_routes_are_in_the_docs_and_those_that_need_a_token_show_the_lock(client):

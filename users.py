@@ -5,7 +5,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import delete, update
+from sqlalchemy import ColumnElement, and_, delete, exists, update
 from sqlalchemy.orm import Session
 
 import sessions
@@ -20,8 +20,9 @@ from auth import (
     check_password,
     client_address,
     in_login_session,
+    invalid_token,
 )
-from models import User
+from models import LoginSession, User
 from passwords import HAS_USERNAME, NewPassword, StoredPassword, contains_username, hash_password
 
 WRONG_PASSWORD = "The password is not correct"  # noqa: S105 (a message, not a password)
@@ -53,15 +54,41 @@ async def read_current_user(user: CurrentUser) -> UserPublic:
     return user
 
 
-async def confirm_password(request: Request, user: SignedInUser, password: str) -> None:
-    """A stolen token is not enough: the password is asked again, and guesses are throttled as logins are."""
-    if await check_password(client_address(request), user.username, password) is None:
+async def confirm_password(request: Request, user: SignedInUser, password: str) -> str:
+    """A stolen token is not enough: the password is asked again, and guesses are throttled as logins are.
+    Returns the hash the password matched."""
+    account = await check_password(client_address(request), user.username, password)
+    if account is None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, WRONG_PASSWORD)
+    return account.hashed_password
 
 
-def save_password(session: Session, user: SignedInUser, hashed_password: str) -> None:
-    """One transaction: the new hash, and every other session of the user ended."""
-    session.execute(update(User).where(User.id == user.id).values(hashed_password=hashed_password))
+def still_verified(user: SignedInUser, verified_hash: str) -> ColumnElement[bool]:
+    """What a change that was allowed by a password check needs when it commits: the hash that the password matched
+    is still the stored one, and the caller's session is still live."""
+    live = exists().where(LoginSession.id == user.session_id)
+    return and_(User.id == user.id, User.hashed_password == verified_hash, live)
+
+
+def refuse_stale(session: Session, user: SignedInUser) -> HTTPException:
+    """Nothing was written: a session that ended meanwhile gets 401, a password changed meanwhile 403."""
+    session.rollback()
+    if session.get(LoginSession, user.session_id) is None:
+        return invalid_token()
+    return HTTPException(status.HTTP_403_FORBIDDEN, WRONG_PASSWORD)
+
+
+def save_password(session: Session, user: SignedInUser, verified_hash: str, hashed_password: str) -> None:
+    """One transaction: the new hash, if what was verified still holds, and every other session of the user ended.
+
+    Of two changes made with the same old password, the second finds the hash changed: it writes nothing. On
+    PostgreSQL it waits for the first's row lock, then checks the row again as it now is.
+    """
+    changed = session.execute(
+        update(User).where(still_verified(user, verified_hash)).values(hashed_password=hashed_password)
+    ).rowcount
+    if not changed:
+        raise refuse_stale(session, user)
     sessions.end_others(session, user.id, user.session_id)
     session.commit()
 
@@ -73,19 +100,20 @@ async def change_password(change: PasswordChange, user: CurrentUser, request: Re
         raise RequestValidationError(
             [{"type": "value_error", "loc": ("body", "new_password"), "msg": f"Value error, {HAS_USERNAME}"}]
         )
-    await confirm_password(request, user, change.current_password)
+    verified_hash = await confirm_password(request, user, change.current_password)
     hashed_password = await hash_password(change.new_password)
-    await in_login_session(lambda session: save_password(session, user, hashed_password))
+    await in_login_session(lambda session: save_password(session, user, verified_hash, hashed_password))
 
 
-def delete_user(session: Session, user: SignedInUser) -> None:
+def delete_user(session: Session, user: SignedInUser, verified_hash: str) -> None:
     """Its sessions go with it (a foreign key). Ids are never handed out again, so no old token opens a new account."""
-    session.execute(delete(User).where(User.id == user.id))
+    if not session.execute(delete(User).where(still_verified(user, verified_hash))).rowcount:
+        raise refuse_stale(session, user)
     session.commit()
 
 
 @router.delete("/me", status_code=status.HTTP_204_NO_CONTENT, responses=PASSWORD_ROUTE_RESPONSES)
 async def delete_account(confirmation: AccountDeletion, user: CurrentUser, request: Request) -> None:
     """Delete the account and all its sessions; the username is free again."""
-    await confirm_password(request, user, confirmation.password)
-    await in_login_session(lambda session: delete_user(session, user))
+    verified_hash = await confirm_password(request, user, confirmation.password)
+    await in_login_session(lambda session: delete_user(session, user, verified_hash))
