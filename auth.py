@@ -233,11 +233,13 @@ def record_success(session: Session, client_address: str, user: User, new_hash: 
     if not new_hash:
         return True
     still_verified = User.id == user.id, User.hashed_password == user.hashed_password
-    rehashed = session.execute(update(User).where(*still_verified).values(hashed_password=new_hash)).rowcount
+    rehashed = session.execute(
+        update(User).where(*still_verified).values(hashed_password=new_hash).returning(User.id)
+    ).first()
     session.commit()
     if rehashed:
         user.hashed_password = new_hash
-    return bool(rehashed)
+    return rehashed is not None
 
 
 async def check_password(address: str, username: str, password: str) -> User | None:

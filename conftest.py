@@ -102,6 +102,20 @@ def bcrypt_runs(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
 
 
 @pytest.fixture
+def bcrypt_work(monkeypatch) -> list[int]:
+    """The work bcrypt does, added up over its runs: a run at cost c does 2**c rounds (the cost is in the salt)."""
+    work: list[int] = []
+    real_hashpw = bcrypt.hashpw
+
+    def counting_hashpw(password: bytes, salt: bytes) -> bytes:
+        work.append(2 ** int(salt.split(b"$")[2]))
+        return real_hashpw(password, salt)
+
+    monkeypatch.setattr(bcrypt, "hashpw", counting_hashpw)
+    return work
+
+
+@pytest.fixture
 def park_logins(monkeypatch):
     """Call it to make password checks stop inside bcrypt (only the first one, with first_only=True); it returns an
     event set once one is there, and one to let it go."""

@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from jose import jwt
 from passlib.context import CryptContext
-from sqlalchemy import inspect, select
+from sqlalchemy import inspect, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool
 
@@ -137,12 +137,91 @@ def test_letters_of_any_script_are_allowed(client, username):
     assert response.json()["username"] == username
 
 
-def test_passwords_are_used_exactly_as_typed(client):
+@pytest.mark.parametrize(
+    "username",
+    ["alice\u200d", "alice\u034f", "alice\ufe0f", "alice\u200c", "alice\u180b", "ali\u17b4ce"],
+)
+def test_a_new_username_with_an_invisible_character_is_refused(client, username):
+    sign_up(client)
+
+    response = sign_up(client, username, "another password")
+
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["msg"] == "Value error, Username must not contain invisible characters"
+    assert count_rows(User) == 1
+
+
+@pytest.mark.parametrize("username", ["\u00adalice", "al\u2060ice", "alice\U000e0041", "al\ufeffice"])
+def test_a_new_username_with_an_invisible_character_that_is_no_letter_is_refused_by_the_username_pattern(
+    client, username
+):
+    response = sign_up(client, username)
+
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["type"] == "string_pattern_mismatch"
+
+
+@pytest.mark.parametrize("username", ["\u0301alice", "a.\u0301b", "al_\u0308ice", "bob-\u20dd"])
+def test_a_new_username_with_a_mark_on_no_letter_is_refused(client, username):
+    response = sign_up(client, username)
+
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["msg"] == (
+        "Value error, Username must not contain an accent or other mark without a letter before it"
+    )
+
+
+@pytest.mark.parametrize("username", ["ali\u0301ce", "\u0939\u093f\u0928\u094d\u0926\u0940", "a1\u0301"])
+def test_marks_on_a_letter_or_digit_are_allowed(client, username):
+    assert sign_up(client, username).status_code == 201
+
+
+@pytest.mark.parametrize(("first", "second"), [("alice", "Alice"), ("Alice", "ALICE"), ("stra\u00dfe", "STRASSE")])
+def test_a_new_username_that_differs_only_by_case_is_taken(client, first, second):
+    assert sign_up(client, first).status_code == 201
+
+    response = sign_up(client, second, "another password")
+
+    assert response.status_code == 409
+    assert response.json() == {"detail": "Username already registered"}
+    assert log_in(client, second, "another password").status_code == 401
+
+
+def test_logins_stay_by_exact_name(client):
+    sign_up(client, "Alice")
+
+    assert log_in(client, "Alice").status_code == 200
+    assert log_in(client, "alice").status_code == 401
+
+
+def test_spaces_in_a_password_count_and_look_alike_forms_are_one_password(client):
     sign_up(client, password=" ｐａｓｓｗｏｒｄ ")
 
     assert log_in(client, password="password").status_code == 401
     assert log_in(client, password="ｐａｓｓｗｏｒｄ").status_code == 401
     assert log_in(client, password=" ｐａｓｓｗｏｒｄ ").status_code == 200
+    assert log_in(client, password=" password ").status_code == 200
+
+
+COMPOSED, DECOMPOSED = "caf\u00e9 au lait!", "cafe\u0301 au lait!"
+
+
+@pytest.mark.parametrize(("typed_at_sign_up", "typed_at_login"), [(COMPOSED, DECOMPOSED), (DECOMPOSED, COMPOSED)])
+def test_a_password_typed_on_another_device_logs_in(client, typed_at_sign_up, typed_at_login):
+    sign_up(client, password=typed_at_sign_up)
+
+    assert log_in(client, password=typed_at_login).status_code == 200
+
+
+def test_an_account_whose_password_was_hashed_as_typed_logs_in_and_is_rehashed_normalized(client, bcrypt_runs):
+    sign_up(client, password=COMPOSED)
+    with Session(database.engine) as session:  # as release 1.1.0 stored it, without normalizing
+        session.execute(update(User).values(hashed_password=passwords.password_context.hash(DECOMPOSED)))
+        session.commit()
+
+    assert log_in(client, password=DECOMPOSED).status_code == 200
+    assert passwords.password_context.verify(COMPOSED, stored_hash("alice"))
+    assert log_in(client, password=COMPOSED).status_code == 200
 
 
 # Log in
@@ -367,6 +446,44 @@ def test_bad_token_gets_401_invalid_token(client, make_token):
     assert response.status_code == 401
     assert response.json() == {"detail": "Could not validate credentials"}
     assert response.headers["WWW-Authenticate"] == INVALID_TOKEN_CHALLENGE
+
+
+def with_added_to_signature(token, characters, at=10):
+    header, payload, signature = token.split(".")
+    return f"{header}.{payload}.{signature[:at]}{characters}{signature[at:]}"
+
+
+@pytest.mark.parametrize("characters", ["!", "!!!!", "~~~~", "****", "====", "++++", "////"])
+def test_a_valid_token_with_characters_added_to_its_signature_gets_401(client, characters):
+    """python-jose skips characters that are not base64url and would accept the token: its shape is checked first."""
+    token = token_for(client)
+
+    response = client.get("/", headers=bearer(with_added_to_signature(token, characters)))
+
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith('Bearer error="invalid_token"')
+
+
+def test_thousands_of_spellings_of_one_token_are_refused_and_never_kept(client):
+    token = token_for(client)
+    assert client.get("/", headers=bearer(token)).status_code == 200
+    kept = auth.verified_claims.cache_info().currsize
+
+    answers = {
+        client.get("/", headers=bearer(with_added_to_signature(token, "!!!!" * (n // 40 + 1), at=n % 40))).status_code
+        for n in range(2048)
+    }
+
+    assert answers == {401}
+    assert auth.verified_claims.cache_info().currsize == kept
+
+
+def test_a_token_of_ours_longer_than_the_cap_gets_401(client):
+    token = token_for(client)
+    long_token = signed(claims_for(token, padding="x" * auth.MAX_TOKEN_LENGTH))
+
+    assert client.get("/", headers=bearer(signed(claims_for(token, padding="x" * 100)))).status_code == 200
+    assert client.get("/", headers=bearer(long_token)).status_code == 401
 
 
 def test_token_of_a_deleted_user_gets_401(client):
@@ -669,8 +786,36 @@ def test_unreachable_database_stops_start_up_with_a_clear_message():
         PORT=str(free_port()),
     )
 
-    assert result.returncode != 0
-    assert "Cannot open the database in DATABASE_URL: unable to open database file" in result.stderr
+    assert result.returncode == 1
+    assert result.stderr == "Cannot open the database in DATABASE_URL: unable to open database file\n"
+
+
+def test_uvicorn_stops_with_one_line_when_the_database_cannot_be_opened():
+    result = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "main:app", "--port", str(free_port())],
+        env=child_env(DATABASE_URL=f"sqlite:///{TEST_FOLDER}/no-such-folder/auth.db"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == "Cannot open the database in DATABASE_URL: unable to open database file"
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_an_sqlite_database_in_memory_works_for_the_life_of_the_process(url):
+    result = run_python(
+        "from fastapi.testclient import TestClient; import main\n"
+        "with TestClient(main.app) as client:\n"
+        "    client.post('/auth/', json={'username': 'alice', 'password': 'correct horse'})\n"
+        "    token = client.post('/auth/token', data={'username': 'alice', 'password': 'correct horse'}).json()\n"
+        "    print(client.get('/', headers={'Authorization': 'Bearer ' + token['access_token']}).json())",
+        DATABASE_URL=url,
+    )
+
+    assert result.stdout == "{'message': 'Hello, alice with ID: 1!'}\n", result.stderr
 
 
 def test_port_setting_is_checked():

@@ -4,6 +4,7 @@ import re
 import socket
 import socketserver
 import threading
+import time
 from html.parser import HTMLParser
 from urllib.parse import urlsplit
 
@@ -16,12 +17,16 @@ from config import settings
 from conftest import (
     TEST_DATABASE_URL,
     answer_from,
+    bearer,
     count_rows,
     free_port,
     lock_out_readers,
     log_in,
     own_sqlite_file,
+    postgres_only,
+    run_python,
     sign_up,
+    token_for,
 )
 from models import LoginFailure
 
@@ -198,3 +203,47 @@ def test_health_is_503_while_the_database_is_away_and_200_again_when_it_is_back(
     assert len(warnings) == 1
     assert warnings[0].startswith("Database unavailable: ")
     assert (back.status_code, back.json()) == (200, {"status": "ok"})
+
+
+@postgres_only
+def test_after_a_long_outage_reads_come_back_within_two_seconds_of_postgres(outage, monkeypatch):
+    """psycopg's pool waits longer between attempts to reconnect the longer the database is away: 64 s after two
+    minutes. Starting its wait there stands for such an outage without taking two minutes."""
+    from psycopg_pool.base import AttemptWithBackoff  # the postgres extra
+
+    monkeypatch.setattr(AttemptWithBackoff, "INITIAL_DELAY", 64.0)
+    take_away, bring_back = outage
+    with TestClient(main.app) as client:
+        token = token_for(client)
+        assert client.get("/", headers=bearer(token)).status_code == 200
+        take_away()
+        for _ in range(3):
+            assert client.get("/", headers=bearer(token)).status_code == 503
+        bring_back()
+        back = time.monotonic()
+        deadline = back + 30
+        while client.get("/", headers=bearer(token)).status_code != 200 and time.monotonic() < deadline:
+            pass
+        came_back_after = time.monotonic() - back
+        health = client.get("/health")
+
+    assert came_back_after < 2
+    assert health.status_code == 200
+
+
+@postgres_only
+def test_without_psycopg_pool_postgres_is_read_on_worker_threads_with_one_warning():
+    """psycopg installed by hand, as many tutorials say, comes without its pool."""
+    result = run_python(
+        "import sys; sys.modules['psycopg_pool'] = None\n"
+        "from fastapi.testclient import TestClient; import main\n"
+        "with TestClient(main.app) as client:\n"
+        "    client.post('/auth/', json={'username': 'alice', 'password': 'correct horse'})\n"
+        "    token = client.post('/auth/token', data={'username': 'alice', 'password': 'correct horse'}).json()\n"
+        "    me = {'Authorization': 'Bearer ' + token['access_token']}\n"
+        "    print([client.get(path, headers=me).status_code for path in ('/', '/users/me', '/health', '/')])"
+    )
+
+    assert result.stdout == "[200, 200, 200, 200]\n", result.stderr
+    assert result.stderr.count("psycopg_pool is not installed") == 1
+    assert 'pip install -e ".[postgres]"' in result.stderr

@@ -509,3 +509,35 @@ def test_a_lock_that_readers_wait_for_sends_the_read_to_a_thread_while_the_event
     assert docs.status_code == 200
     assert greeting_was_waiting
     assert docs_seconds < 10  # answered by the event loop while the read waited on its thread (up to 60 s)
+
+
+class BusyReader:
+    """Stands for the event loop's SQLite connection while another process holds a lock: every read fails at once."""
+
+    def __init__(self, code):
+        self.code = code
+
+    def execute(self, *args):
+        raise sqlite_error(self.code)
+
+
+@sqlite_only
+@pytest.mark.parametrize(
+    "code", [5, 261, 517, 6, 262], ids=["BUSY", "BUSY_RECOVERY", "BUSY_SNAPSHOT", "LOCKED", "LOCKED_SHAREDCACHE"]
+)
+def test_a_busy_sqlite_file_with_any_extended_code_sends_the_read_to_a_thread(client, monkeypatch, thread_reads, code):
+    token = token_for(client)
+    monkeypatch.setattr(fast_reads, "sqlite_reader", lambda path: BusyReader(code))
+
+    assert client.get("/", headers=bearer(token)).status_code == 200
+    assert client.get("/health").status_code == 200
+    assert len(thread_reads) == 2
+
+
+@sqlite_only
+def test_any_other_sqlite_error_on_the_event_loop_is_not_hidden(monkeypatch, thread_reads):
+    monkeypatch.setattr(fast_reads, "sqlite_reader", lambda path: BusyReader(1))
+
+    with TestClient(main.app, raise_server_exceptions=False) as client:
+        assert client.get("/health").status_code == 500
+    assert thread_reads == []

@@ -3,10 +3,13 @@
 import secrets
 
 import pytest
+from passlib.context import CryptContext
 from sqlalchemy import insert
 
+import auth
 import database
 import passwords
+from config import settings
 from conftest import log_in, run_python, sign_up
 from models import User
 
@@ -121,3 +124,22 @@ def test_docs_show_the_rules_in_the_password_field(client):
         assert "At least 8 characters" in description
         assert "30,000 most common passwords" in description
         assert "not containing the username" in description
+
+
+def test_a_wrong_password_costs_the_current_cost_even_against_a_hash_of_an_older_cheaper_cost(
+    client, monkeypatch, bcrypt_work
+):
+    """Else, after BCRYPT_ROUNDS is raised, a quick 401 would tell a known user (old hash) from an unknown one."""
+    sign_up(client)  # at cost 4
+    monkeypatch.setattr(settings, "bcrypt_rounds", 6)
+    monkeypatch.setattr(passwords, "password_context", CryptContext(schemes=["bcrypt"], bcrypt__rounds=6))
+    monkeypatch.setattr(auth, "DUMMY_HASH", passwords.password_context.hash("checked when the username is unknown"))
+
+    bcrypt_work.clear()
+    assert log_in(client, password="a wrong password").status_code == 401
+    known_user = sum(bcrypt_work)
+    bcrypt_work.clear()
+    assert log_in(client, "nobody", "a wrong password").status_code == 401
+    unknown_user = sum(bcrypt_work)
+
+    assert known_user == unknown_user == 2**6

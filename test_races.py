@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 import database
 import passwords
+from config import settings
 from conftest import PASSWORD, bearer, count_rows, log_in, refresh, tokens_for
 from models import LoginSession, User
 
@@ -82,7 +83,8 @@ def test_a_deletion_that_overlaps_a_password_change_deletes_nothing(client, park
     intruder = log_in(client).json()
 
     def delete_account():
-        return client.request("DELETE", "/users/me", json={"password": PASSWORD}, headers=bearer(intruder["access_token"]))
+        body = {"password": PASSWORD}
+        return client.request("DELETE", "/users/me", json=body, headers=bearer(intruder["access_token"]))
 
     deletion, change = while_parked(park_logins, delete_account, lambda: change_password(client, owner, FIRST))
 
@@ -94,7 +96,7 @@ def test_a_deletion_that_overlaps_a_password_change_deletes_nothing(client, park
 def test_a_rehash_that_overlaps_a_password_change_never_undoes_it(client, park_logins, monkeypatch):
     owner = tokens_for(client)
     old_cost_hash = stored_hash()
-    monkeypatch.setattr(passwords.settings, "bcrypt_rounds", 5)
+    monkeypatch.setattr(settings, "bcrypt_rounds", 5)
     monkeypatch.setattr(
         passwords, "password_context", CryptContext(schemes=["bcrypt"], deprecated="auto", bcrypt__rounds=5)
     )

@@ -1,6 +1,7 @@
 """Sessions: refresh tokens that rotate, logout, revocation, password change and account deletion."""
 
 import hashlib
+import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ import database
 import passwords
 from config import settings
 from conftest import PASSWORD, bearer, claims_for, count_rows, log_in, refresh, sign_up, signed, tokens_for
-from models import LoginSession, User
+from models import LoginSession, SpentRefreshToken, User
 
 NEW_PASSWORD = "a brand new passphrase"
 STALE_REFRESH = {
@@ -118,6 +119,66 @@ def test_an_unknown_refresh_token_gets_the_answer_of_a_wrong_password_and_ends_n
         assert_refused(response)
     else:
         assert response.status_code == 400
+    assert greet(client, tokens) == 200
+
+
+def session_id_in(tokens):
+    return jwt.get_unverified_claims(tokens["access_token"])["sid"]
+
+
+def made_up_refresh_token(tokens):
+    """The session's id, readable in any of its access tokens, and a secret of the right shape, never issued."""
+    return f"{session_id_in(tokens)}.{secrets.token_urlsafe(32)}"
+
+
+@pytest.mark.parametrize("secret", ["made up", "anything", ""], ids=["right shape", "short", "empty"])
+def test_a_refresh_token_made_up_from_a_session_id_is_refused_and_ends_nothing(client, secret):
+    tokens = tokens_for(client)
+    made_up = made_up_refresh_token(tokens) if secret == "made up" else f"{session_id_in(tokens)}.{secret}"
+
+    assert_refused(refresh(client, made_up))
+
+    assert greet(client, tokens) == 200
+    assert refresh(client, tokens["refresh_token"]).status_code == 200
+
+
+@pytest.mark.parametrize("made_up", [session_id_in, made_up_refresh_token], ids=["bare session id", "made-up secret"])
+def test_revoking_a_session_id_without_its_secret_ends_nothing(client, made_up):
+    tokens = tokens_for(client)
+
+    assert revoke(client, made_up(tokens)).status_code == 200
+
+    assert greet(client, tokens) == 200
+    assert refresh(client, tokens["refresh_token"]).status_code == 200
+
+
+def test_revoking_a_spent_refresh_token_ends_nothing(client):
+    tokens = tokens_for(client)
+    renewed = refresh(client, tokens["refresh_token"]).json()
+
+    assert revoke(client, tokens["refresh_token"]).status_code == 200
+
+    assert greet(client, renewed) == 200
+
+
+def test_spent_refresh_tokens_are_kept_only_while_their_session_lives(client):
+    tokens = tokens_for(client)
+    for _ in range(3):
+        tokens = refresh(client, tokens["refresh_token"]).json()
+    assert count_rows(SpentRefreshToken) == 3
+
+    client.post("/auth/logout", headers=bearer(tokens["access_token"]))
+
+    assert count_rows(SpentRefreshToken) == 0
+
+
+@pytest.mark.parametrize("value", ["\x00", "\x00.x", f"{'A' * 22}.\x00{'A' * 42}", "%00"])
+def test_a_nul_character_in_a_refresh_token_or_a_revocation_is_an_ordinary_refusal(client, value):
+    """PostgreSQL refuses NUL in text: such a value must never reach a query."""
+    tokens = tokens_for(client)
+
+    assert_refused(refresh(client, value))
+    assert revoke(client, value).status_code == 200
     assert greet(client, tokens) == 200
 
 

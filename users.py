@@ -85,9 +85,12 @@ def save_password(session: Session, user: SignedInUser, verified_hash: str, hash
     PostgreSQL it waits for the first's row lock, then checks the row again as it now is.
     """
     changed = session.execute(
-        update(User).where(still_verified(user, verified_hash)).values(hashed_password=hashed_password)
-    ).rowcount
-    if not changed:
+        update(User)
+        .where(still_verified(user, verified_hash))
+        .values(hashed_password=hashed_password)
+        .returning(User.id)
+    ).first()
+    if changed is None:
         raise refuse_stale(session, user)
     sessions.end_others(session, user.id, user.session_id)
     session.commit()
@@ -107,7 +110,7 @@ async def change_password(change: PasswordChange, user: CurrentUser, request: Re
 
 def delete_user(session: Session, user: SignedInUser, verified_hash: str) -> None:
     """Its sessions go with it (a foreign key). Ids are never handed out again, so no old token opens a new account."""
-    if not session.execute(delete(User).where(still_verified(user, verified_hash))).rowcount:
+    if session.execute(delete(User).where(still_verified(user, verified_hash)).returning(User.id)).first() is None:
         raise refuse_stale(session, user)
     session.commit()
 

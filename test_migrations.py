@@ -1,0 +1,309 @@
+"""Schema changes that keep every row: Alembic's revisions, applied at start-up, one process at a time.
+
+Databases of earlier releases are made by running the release itself, from the project's own git history.
+"""
+
+import io
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx2
+import pytest
+from alembic import command
+from alembic.script import ScriptDirectory
+from fastapi.testclient import TestClient
+from sqlalchemy import MetaData, event, func, make_url, select, text
+from sqlalchemy.orm import Session
+
+import database
+import main
+import migrate
+from conftest import (
+    PASSWORD,
+    PROJECT,
+    TEST_DATABASE_URL,
+    TEST_FOLDER,
+    answer_from,
+    child_env,
+    count_rows,
+    free_port,
+    log_in,
+    refresh,
+    run_python,
+    sign_up,
+    tokens_for,
+)
+from models import LoginSession, User
+
+RELEASES = {"1.0.0": "3b9f306", "1.1.0": "aeafda6"}
+SCRIPTS = ScriptDirectory.from_config(migrate.alembic_config())
+HEAD = SCRIPTS.get_current_head()
+
+# What a user of the release did: three accounts (two whose names differ only by case, as the release allowed),
+# four failed logins, and a login whose tokens are printed.
+USE_THE_RELEASE = f"""
+import json
+from fastapi.testclient import TestClient
+import main
+with TestClient(main.app) as client:
+    for name in ("alice", "bob", "Alice"):
+        assert client.post("/auth/", json={{"username": name, "password": {PASSWORD!r}}}).status_code == 201
+    for _ in range(4):
+        assert client.post("/auth/token", data={{"username": "bob", "password": "wrong password"}}).status_code == 401
+    print(json.dumps(client.post("/auth/token", data={{"username": "alice", "password": {PASSWORD!r}}}).json()))
+"""
+
+
+def drop_everything(engine):
+    """Every table, Alembic's own included, as in a database that nothing has touched."""
+    tables = MetaData()
+    tables.reflect(engine)
+    tables.drop_all(engine)
+
+
+@pytest.fixture
+def empty_database():
+    """The URL of an empty database: a new SQLite file, or the PostgreSQL test database emptied, then made whole."""
+    if not TEST_DATABASE_URL:
+        yield f"sqlite:///{tempfile.mkdtemp(dir=TEST_FOLDER)}/empty.db"
+        return
+    drop_everything(database.engine)
+    yield TEST_DATABASE_URL
+    drop_everything(database.engine)
+    migrate.upgrade(database.engine)
+
+
+def use_database(monkeypatch, url):
+    if url != TEST_DATABASE_URL:
+        answer_from(monkeypatch, database.make_engine(make_url(url)))
+
+
+def release_folder(version):
+    """The project as it was at a release, from git, in a folder of its own."""
+    folder = Path(TEST_FOLDER, f"release-{version}")
+    if not folder.exists():
+        archive = subprocess.run(
+            ["git", "-C", str(PROJECT), "archive", RELEASES[version]], capture_output=True, check=True
+        ).stdout
+        tarfile.open(fileobj=io.BytesIO(archive)).extractall(folder, filter="data")
+    return folder
+
+
+def run_release(version, url):
+    """Use the release on the database as its users did; return the tokens of alice's login."""
+    folder = release_folder(version)
+    result = run_python(USE_THE_RELEASE, folder, DATABASE_URL=url, PYTHONPATH=str(folder))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def revision_of(engine):
+    with engine.connect() as connection:
+        return connection.scalar(text("SELECT version_num FROM alembic_version"))
+
+
+def test_the_models_and_the_revisions_agree(empty_database):
+    """`alembic check` on a database made by the revisions alone: no column or index without its revision."""
+    migrate.upgrade(database.make_engine(make_url(empty_database)))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "alembic", "check"],
+        cwd=PROJECT,
+        env=child_env(DATABASE_URL=empty_database),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "No new upgrade operations detected.\n"
+
+
+def test_an_empty_database_gets_every_revision_and_serves(empty_database, monkeypatch):
+    use_database(monkeypatch, empty_database)
+
+    migrate.upgrade(database.engine)
+
+    assert revision_of(database.engine) == HEAD
+    with TestClient(main.app) as client:
+        assert client.get("/", headers={"Authorization": f"Bearer {tokens_for(client)['access_token']}"}).json() == {
+            "message": "Hello, alice with ID: 1!"
+        }
+
+
+@pytest.mark.parametrize("version", RELEASES)
+def test_a_database_made_by_an_earlier_release_keeps_every_row(version, empty_database, monkeypatch):
+    made = run_release(version, empty_database)
+    use_database(monkeypatch, empty_database)
+
+    migrate.upgrade(database.engine)
+
+    assert revision_of(database.engine) == HEAD
+    with TestClient(main.app) as client:
+        assert log_in(client, "alice").status_code == 200  # the old password
+        assert log_in(client, "Alice").status_code == 200  # a name that differs only by case keeps its account
+        assert log_in(client, "bob", "wrong password").status_code == 401  # the fifth failure
+        assert log_in(client, "bob").status_code == 429  # so the four before still count
+        assert sign_up(client, "carol").json()["id"] == 4  # ids go on from where they were
+        assert sign_up(client, "ALICE", "another password").status_code == 409
+        if "refresh_token" in made:
+            assert refresh(client, made["refresh_token"]).status_code == 200
+
+
+def test_a_database_at_the_newest_revision_is_left_alone():
+    statements = []
+
+    def record(connection, cursor, statement, *args):
+        statements.append(statement.split()[0].upper())
+
+    event.listen(database.engine, "before_cursor_execute", record)
+    try:
+        migrate.upgrade(database.engine)
+    finally:
+        event.remove(database.engine, "before_cursor_execute", record)
+
+    assert "SELECT" in statements
+    assert not {"INSERT", "UPDATE", "DELETE", "CREATE", "ALTER", "DROP"} & set(statements)
+
+
+def test_a_downgrade_to_release_1_1_0_and_an_upgrade_again_lose_nothing(client):
+    tokens = tokens_for(client)
+    tokens = refresh(client, tokens["refresh_token"]).json()
+    sign_up(client, "bob")
+
+    with migrate.migration_lock(database.engine) as connection:
+        command.downgrade(migrate.alembic_config(connection), migrate.RELEASE_1_1_0)
+    with Session(database.engine) as session:
+        assert session.execute(text("SELECT username FROM users ORDER BY id")).scalars().all() == ["alice", "bob"]
+        assert session.execute(text("SELECT count(*) FROM sessions")).scalar() == 1
+    migrate.upgrade(database.engine)
+
+    assert revision_of(database.engine) == HEAD
+    assert count_rows(LoginSession) == 1
+    assert refresh(client, tokens["refresh_token"]).status_code == 200
+    assert log_in(client, "bob").status_code == 200
+    assert sign_up(client, "BOB", "another password").status_code == 409
+
+
+@contextmanager
+def another_process_migrating(url):
+    """Hold what a migrating process holds: PostgreSQL's advisory lock, or SQLite's write lock."""
+    if TEST_DATABASE_URL:
+        with database.engine.connect() as connection:
+            connection.execute(select(func.pg_advisory_lock(migrate.MIGRATION_LOCK)))
+            yield
+            connection.execute(select(func.pg_advisory_unlock(migrate.MIGRATION_LOCK)))
+        return
+    holder = sqlite3.connect(make_url(url).database, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    yield
+    holder.execute("COMMIT")
+    holder.close()
+
+
+def waiting_for_the_lock(server, url):
+    """How many processes wait for the migration lock that this test holds: on PostgreSQL, the advisory lock's
+    waiters; on SQLite, the server's child processes that have the file open (BEGIN IMMEDIATE holds them there)."""
+    if TEST_DATABASE_URL:
+        with database.engine.connect() as connection:
+            return connection.scalar(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"))
+    path = Path(make_url(url).database).resolve()
+    children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+    return sum(
+        any(Path(f"/proc/{pid}/fd", fd).resolve() == path for fd in os.listdir(f"/proc/{pid}/fd"))
+        for pid in children
+        if Path(f"/proc/{pid}").exists()
+    )
+
+
+def test_four_workers_starting_together_on_a_release_1_1_0_database_upgrade_it_once(empty_database):
+    """The test holds the lock until all four workers wait for it, so that they all reach it together."""
+    run_release("1.1.0", empty_database)
+    log = Path(tempfile.mkdtemp(dir=TEST_FOLDER), "server.log")
+    port = free_port()
+    engine = database.make_engine(make_url(empty_database))
+    with another_process_migrating(empty_database), log.open("w") as output:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "main:app", "--port", str(port), "--workers", "4"],
+            env=child_env(DATABASE_URL=empty_database),
+            cwd=TEST_FOLDER,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 120
+        while waiting_for_the_lock(server, empty_database) < 4:
+            assert server.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+    try:
+        while log.read_text().count("Application startup complete") < 4:
+            assert server.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        credentials = {"username": "alice", "password": PASSWORD}
+        answers = [httpx2.post(f"http://127.0.0.1:{port}/auth/token", data=credentials).status_code for _ in range(8)]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    started = log.read_text()
+    assert started.count("Upgrading the database") == 1, started
+    assert "Upgrading the database from revision 9c0d3f5e2a17 to" in started
+    assert started.count("Started server process") == 4, started  # none died and was started again
+    assert "Traceback" not in started
+    assert answers == [200] * 8
+    assert revision_of(engine) == HEAD
+    engine.dispose()
+
+
+def test_a_database_newer_than_the_code_stops_start_up_with_one_line_and_is_not_touched(empty_database):
+    engine = database.make_engine(make_url(empty_database))
+    migrate.upgrade(engine)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = 'f00d0000cafe'"))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "main:app", "--port", str(free_port())],
+        env=child_env(DATABASE_URL=empty_database),
+        cwd=TEST_FOLDER,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        "The database is at revision f00d0000cafe, which this code does not know: a newer release upgraded it; "
+        "run that release, or downgrade the database with it (alembic downgrade) first"
+    )
+    assert "Traceback" not in result.stderr
+    assert "Uvicorn running" not in result.stderr
+    assert revision_of(engine) == "f00d0000cafe"
+    engine.dispose()
+
+
+def test_the_alembic_command_upgrades_downgrades_and_tells_the_revision(empty_database):
+    def alembic(*arguments):
+        return subprocess.run(
+            [sys.executable, "-m", "alembic", *arguments],
+            cwd=PROJECT,
+            env=child_env(DATABASE_URL=empty_database),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert alembic("upgrade", "head").returncode == 0
+    assert alembic("current").stdout == f"{HEAD} (head)\n"
+    assert alembic("downgrade", "-1").returncode == 0
+    assert alembic("current").stdout == f"{SCRIPTS.get_revision(HEAD).down_revision}\n"
+    assert alembic("upgrade", "head").returncode == 0
+    assert alembic("current").stdout == f"{HEAD} (head)\n"
