@@ -120,18 +120,17 @@ def park_logins(monkeypatch):
     """Call it to make password checks stop inside bcrypt (only the first one, with first_only=True); it returns an
     event set once one is there, and one to let it go."""
     events = threading.Event(), threading.Event()
-    real_verify = passwords.password_context.verify_and_update
-    only_the_first = [False]
-
-    def parked_verify(*args):
-        hashing, may_finish = events
-        if not (only_the_first[0] and hashing.is_set()):
-            hashing.set()
-            may_finish.wait(timeout=10)
-        return real_verify(*args)
 
     def park(first_only=False):
-        only_the_first[0] = first_only
+        real_verify = passwords.password_context.verify_and_update
+
+        def parked_verify(*args):
+            hashing, may_finish = events
+            if not (first_only and hashing.is_set()):
+                hashing.set()
+                may_finish.wait(timeout=10)
+            return real_verify(*args)
+
         monkeypatch.setattr(passwords.password_context, "verify_and_update", parked_verify)
         return events
 

@@ -51,7 +51,7 @@ def migration_lock(engine: Engine) -> Iterator[Connection]:
             connection.exec_driver_sql("PRAGMA foreign_keys=OFF")  # outside a transaction, or SQLite ignores it
             connection.exec_driver_sql(f"PRAGMA busy_timeout={SQLITE_MIGRATION_WAIT_MS}")
             connection.exec_driver_sql("BEGIN IMMEDIATE")
-        elif engine.dialect.name == "postgresql":
+        else:  # PostgreSQL, the other database this project runs on
             connection.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK)))
         yield connection
         connection.commit()

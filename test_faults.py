@@ -202,6 +202,7 @@ def test_a_genuine_database_defect_is_still_a_500(caplog):
     with TestClient(main.app, raise_server_exceptions=False) as client:
         token = token_for(client)
         with database.engine.begin() as connection:
+            connection.execute(text("DROP TABLE spent_refresh_tokens"))
             connection.execute(text("DROP TABLE sessions"))
         caplog.set_level(logging.ERROR)
 

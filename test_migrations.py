@@ -41,7 +41,7 @@ from conftest import (
     sign_up,
     tokens_for,
 )
-from models import LoginSession, User
+from models import LoginSession
 
 RELEASES = {"1.0.0": "3b9f306", "1.1.0": "aeafda6"}
 SCRIPTS = ScriptDirectory.from_config(migrate.alembic_config())
@@ -202,7 +202,7 @@ def another_process_migrating(url):
             yield
             connection.execute(select(func.pg_advisory_unlock(migrate.MIGRATION_LOCK)))
         return
-    holder = sqlite3.connect(make_url(url).database, isolation_level=None)
+    holder = sqlite3.connect(str(make_url(url).database), isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     yield
     holder.execute("COMMIT")
@@ -215,7 +215,7 @@ def waiting_for_the_lock(server, url):
     if TEST_DATABASE_URL:
         with database.engine.connect() as connection:
             return connection.scalar(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"))
-    path = Path(make_url(url).database).resolve()
+    path = Path(str(make_url(url).database)).resolve()
     children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
     return sum(
         any(Path(f"/proc/{pid}/fd", fd).resolve() == path for fd in os.listdir(f"/proc/{pid}/fd"))
@@ -255,10 +255,10 @@ def test_four_workers_starting_together_on_a_release_1_1_0_database_upgrade_it_o
         server.wait(timeout=30)
 
     started = log.read_text()
-    assert started.count("Upgrading the database") == 1, started
-    assert "Upgrading the database from revision 9c0d3f5e2a17 to" in started
-    assert started.count("Started server process") == 4, started  # none died and was started again
-    assert "Traceback" not in started
+    assert [line for line in started.splitlines() if not line.startswith("INFO:")] == [
+        f"Upgrading the database from revision {migrate.RELEASE_1_1_0} to {HEAD}"
+    ], started
+    assert "died" not in started  # no worker failed and was started again
     assert answers == [200] * 8
     assert revision_of(engine) == HEAD
     engine.dispose()
@@ -304,6 +304,6 @@ def test_the_alembic_command_upgrades_downgrades_and_tells_the_revision(empty_da
     assert alembic("upgrade", "head").returncode == 0
     assert alembic("current").stdout == f"{HEAD} (head)\n"
     assert alembic("downgrade", "-1").returncode == 0
-    assert alembic("current").stdout == f"{SCRIPTS.get_revision(HEAD).down_revision}\n"
+    assert alembic("current").stdout == f"{SCRIPTS.get_revision('head').down_revision}\n"
     assert alembic("upgrade", "head").returncode == 0
     assert alembic("current").stdout == f"{HEAD} (head)\n"
