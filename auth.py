@@ -10,10 +10,10 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
 from anyio import CapacityLimiter
-from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response, status
+from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response, Security, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import OAuth2PasswordBearer
+from fastapi.security import OAuth2PasswordBearer, SecurityScopes
 from jose import JWTError, jwt
 from pydantic import (
     AfterValidator,
@@ -47,6 +47,7 @@ from passwords import (
     refuse_if_hashing_is_full,
     verify_password,
 )
+from roles import ROLE_SCOPES, SCOPES, USER, Role, scope_text, session_scopes
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ class Token(BaseModel):
     token_type: Literal["bearer"] = "bearer"  # noqa: S105 (the kind of token, not a secret)
     expires_in: int = Field(description="Seconds until the access token expires", examples=[1800])
     refresh_token: str = Field(description="Trade it once for a new pair with grant_type=refresh_token")
+    scope: str = Field(description="The scopes the access token was granted, space-separated", examples=["me account"])
 
 
 class TokenForm(BaseModel):
@@ -149,6 +151,11 @@ class TokenForm(BaseModel):
     username: str | None = Field(None, description="With the password grant")
     password: str | None = Field(None, description="With the password grant")
     refresh_token: str | None = Field(None, description="With the refresh grant")
+    scope: str | None = Field(
+        None,
+        description="Space-separated scopes to ask for: `me`, `account`, `admin`. None or empty: every scope your "
+        "role allows; a refresh: the session's scopes, or fewer",
+    )
 
 
 class RevokeForm(BaseModel):
@@ -162,7 +169,7 @@ class OAuthError(BaseModel):
     """RFC 6749's error fields for OAuth 2.0 client libraries, and the `detail` that FastAPI clients read."""
 
     detail: str
-    error: Literal["invalid_request", "invalid_grant", "unsupported_grant_type"]
+    error: Literal["invalid_request", "invalid_grant", "invalid_scope", "unsupported_grant_type"]
     error_description: str
 
 
@@ -173,6 +180,7 @@ class TokenClaims(BaseModel):
     id: int
     sid: str
     exp: int
+    scope: str  # RFC 9068 §2.2.3; a token from before scopes has none, and is refused
 
 
 class Detail(BaseModel):
@@ -182,6 +190,7 @@ class Detail(BaseModel):
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 BAD_LOGIN = "Incorrect username or password"
 STALE_REFRESH = "The refresh token is not valid: log in again"
+ACCOUNT_DISABLED = "This account is disabled: ask an administrator"
 CREDENTIALS_REFUSED = "Could not validate credentials"
 
 
@@ -195,6 +204,19 @@ def oauth_error(status_code: int, error: str, description: str) -> JSONResponse:
 def wrong_credentials() -> JSONResponse:
     """The same answer for an unknown user and a wrong password, so nobody can probe which names exist."""
     return oauth_error(status.HTTP_401_UNAUTHORIZED, "invalid_grant", BAD_LOGIN)
+
+
+def invalid_scope(description: str) -> JSONResponse:
+    return oauth_error(status.HTTP_400_BAD_REQUEST, "invalid_scope", description)
+
+
+def requested_scopes(scope: str | None) -> list[str] | JSONResponse:
+    """The scopes a token request asks for (none: all it may have), or RFC 6749 §5.2's refusal of an unknown one."""
+    requested = (scope or "").split()
+    for name in requested:
+        if name not in SCOPES:
+            return invalid_scope(f"Unknown scope {name!r}: the scopes are {', '.join(SCOPES)}")
+    return requested
 
 
 def missing_fields(*names: str) -> RequestValidationError:
@@ -266,8 +288,11 @@ async def check_password(address: str, username: str, password: str) -> User | N
     return user if still_verified else None
 
 
-def issue_tokens(user_id: int, username: str, session_id: str, session_ends_at: float, refresh_token: str) -> Token:
-    """An access token that ends with its session at the latest, and the session's refresh token.
+def issue_tokens(
+    user_id: int, username: str, session_id: str, session_ends_at: float, refresh_token: str, scopes: str
+) -> Token:
+    """An access token that ends with its session at the latest and carries its scopes, and the session's refresh
+    token.
 
     `jti` tells apart two access tokens issued in the same second, so that a refresh never hands back the same one.
     """
@@ -280,26 +305,37 @@ def issue_tokens(user_id: int, username: str, session_id: str, session_ends_at: 
         "iat": issued_at,
         "exp": expires_at,
         "jti": secrets.token_urlsafe(8),
+        "scope": scopes,
     }
     access_token = jwt.encode(claims, SECRET_KEY, algorithm=settings.algorithm)
-    return Token(access_token=access_token, expires_in=expires_at - issued_at, refresh_token=refresh_token)
+    return Token(
+        access_token=access_token, expires_in=expires_at - issued_at, refresh_token=refresh_token, scope=scopes
+    )
 
 
-def start_session(session: Session, user: User) -> Token | None:
-    """None if the password was changed or the account deleted since the password was checked."""
-    started = sessions.start(session, user.id, user.hashed_password)
+def start_session(session: Session, user: User, scopes: str) -> Token | None:
+    """None if the account changed (password, role, disabled or deleted) since the password was checked."""
+    started = sessions.start(session, user, scopes)
     if started is None:
         return None
     session_id, ends_at, refresh_token = started
-    return issue_tokens(user.id, user.username, session_id, ends_at, refresh_token)
+    return issue_tokens(user.id, user.username, session_id, ends_at, refresh_token, scopes)
 
 
-def refresh_session(session: Session, refresh_token: str) -> Token | None:
+def refresh_session(session: Session, refresh_token: str, requested: list[str]) -> Token | JSONResponse | None:
+    """A refresh may ask for fewer scopes than its session's: the new access token carries only those, and the
+    refresh token keeps the session's (RFC 6749 §6). Asking for more is refused before the token is spent."""
+    if requested and (granted := sessions.scopes_of(session, refresh_token)) is not None:
+        if not set(requested) <= set(granted.split()):
+            return invalid_scope(f"A refresh may ask for this session's scopes ({granted}) or fewer: log in for more")
     rotated = sessions.rotate(session, refresh_token)
     if rotated is None:
         return None
     renewed, next_refresh_token = rotated
-    return issue_tokens(renewed.user_id, renewed.username, renewed.id, renewed.ends_at, next_refresh_token)
+    scopes = session_scopes(renewed.scopes, renewed.role)
+    if requested:
+        scopes = scope_text([scope for scope in requested if scope in scopes.split()])
+    return issue_tokens(renewed.user_id, renewed.username, renewed.id, renewed.ends_at, next_refresh_token, scopes)
 
 
 def unauthorized(challenge: str) -> HTTPException:
@@ -335,11 +371,15 @@ SESSION_USERNAME = (
     .where(LoginSession.id == bindparam("session_id"), User.id == bindparam("user_id"))
 )
 
-oauth2_scheme = OAuth2PasswordBearer(tokenUrl="auth/token", auto_error=False)
+# The scopes declared here are the checkboxes of /docs' Authorize dialog.
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl="auth/token", auto_error=False, scopes=SCOPES)
 
 
-async def get_current_user(token: Annotated[str | None, Depends(oauth2_scheme)]) -> SignedInUser:
-    """Accept only our own unexpired tokens, of a live session, for a user who still exists.
+async def get_current_user(
+    security_scopes: SecurityScopes, token: Annotated[str | None, Depends(oauth2_scheme)]
+) -> SignedInUser:
+    """Accept only our own unexpired tokens, of a live session, for a user who still exists, and granted every scope
+    the route needs (FastAPI collects them in security_scopes). The scope check reads only the verified claims.
 
     An access token's `exp` is never later than its session's end, so a session that has run out needs no check
     of its own; one that has ended has no row. The one read skips the trip to a worker thread (fast_reads.py).
@@ -357,7 +397,18 @@ async def get_current_user(token: Annotated[str | None, Depends(oauth2_scheme)])
     username = await fast_reads.read_value(SESSION_USERNAME, session_id=claims.sid, user_id=claims.id)
     if username != claims.sub:
         raise invalid_token()
+    if not set(security_scopes.scopes) <= set(claims.scope.split()):
+        raise insufficient_scope(security_scopes.scope_str)
     return SignedInUser(id=claims.id, username=claims.sub, session_id=claims.sid)
+
+
+def insufficient_scope(needed: str) -> HTTPException:
+    """RFC 6750 §3.1: the token is good, but not for this: 403, and the challenge names the scope that was missing."""
+    return HTTPException(
+        status.HTTP_403_FORBIDDEN,
+        f"This route needs the scope {needed!r}, which this token was not granted",
+        headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{needed}"'},
+    )
 
 
 def signed_session_id(token: str) -> str | None:
@@ -372,9 +423,16 @@ def signed_session_id(token: str) -> str | None:
     return session_id if isinstance(session_id, str) else None
 
 
-CurrentUser = Annotated[SignedInUser, Depends(get_current_user)]
+# Who may call a route: the holder of any valid token, or of one granted the scope named.
+CurrentUser = Annotated[SignedInUser, Security(get_current_user)]
+Reader = Annotated[SignedInUser, Security(get_current_user, scopes=["me"])]
+AccountOwner = Annotated[SignedInUser, Security(get_current_user, scopes=["account"])]
+Administrator = Annotated[SignedInUser, Security(get_current_user, scopes=["admin"])]
 BAD_TOKEN_RESPONSE: dict[int | str, dict[str, Any]] = {
     status.HTTP_401_UNAUTHORIZED: {"description": "Missing, invalid or expired token, or an ended session"}
+}
+SCOPE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    status.HTTP_403_FORBIDDEN: {"model": Detail, "description": "The token was not granted the scope this route needs"}
 }
 BUSY_RESPONSE: dict[int | str, dict[str, Any]] = {
     status.HTTP_503_SERVICE_UNAVAILABLE: {"model": Detail, "description": "Too busy, or the database is away"}
@@ -386,9 +444,10 @@ THROTTLED_RESPONSE: dict[int | str, dict[str, Any]] = {
 router = APIRouter(prefix="/auth", tags=["auth"])
 
 
-def add_user(session: Session, username: str, hashed_password: str) -> User:
+def add_user(session: Session, username: str, hashed_password: str, role: Role = USER) -> User:
     """A name that differs from another only by case is taken too: its username_key is the same."""
-    user = User(username=username, username_key=fold(username), hashed_password=hashed_password)
+    key = fold(username)
+    user = User(username=username, username_key=key, hashed_password=hashed_password, role=role, created_at=time.time())
     session.add(user)
     try:
         session.commit()
@@ -415,7 +474,10 @@ async def sign_up(new_user: UserCreate) -> User:
     "/token",
     response_model=Token,
     responses={
-        status.HTTP_400_BAD_REQUEST: {"model": OAuthError, "description": "Unknown grant_type, or no refresh_token"},
+        status.HTTP_400_BAD_REQUEST: {
+            "model": OAuthError,
+            "description": "Unknown grant_type, no refresh_token, or a scope that is unknown or not allowed",
+        },
         status.HTTP_401_UNAUTHORIZED: {"model": OAuthError, "description": f"{BAD_LOGIN}, or {STALE_REFRESH}"},
         **THROTTLED_RESPONSE,
         **BUSY_RESPONSE,
@@ -425,22 +487,28 @@ async def log_in_or_refresh(
     form: Annotated[TokenForm, Form()], request: Request, response: Response
 ) -> Token | JSONResponse:
     """Log in with a username and password, or trade a refresh token for a new pair (RFC 6749 §4.3 and §6)."""
-    if form.grant_type in (None, "password"):
-        token = await log_in(form, client_address(request))
-    elif form.grant_type == "refresh_token":
-        token = await refresh(form.refresh_token)
-    else:
+    if form.grant_type not in (None, "password", "refresh_token"):
         return oauth_error(
             status.HTTP_400_BAD_REQUEST, "unsupported_grant_type", "grant_type must be password or refresh_token"
         )
+    requested = requested_scopes(form.scope)
+    if isinstance(requested, JSONResponse):
+        return requested
+    if form.grant_type == "refresh_token":
+        token = await refresh(form.refresh_token, requested)
+    else:
+        token = await log_in(form, requested, client_address(request))
     if isinstance(token, Token):
         response.headers.update(NO_STORE)
     return token
 
 
-async def log_in(form: TokenForm, address: str) -> Token | JSONResponse:
+async def log_in(form: TokenForm, requested: list[str], address: str) -> Token | JSONResponse:
     """Credentials that sign-up could never have stored belong to nobody (and some make bcrypt raise): they stop
-    first. Nothing else of sign-up's rules applies, so an account keeps the password it was made with."""
+    first. Nothing else of sign-up's rules applies, so an account keeps the password it was made with.
+
+    Only the right password learns that an account is disabled, or that its role allows none of the scopes asked.
+    """
     if form.username is None or form.password is None:
         raise missing_fields(*(name for name in ("username", "password") if getattr(form, name) is None))
     try:
@@ -450,15 +518,21 @@ async def log_in(form: TokenForm, address: str) -> Token | JSONResponse:
     user = await check_password(address, credentials.username, credentials.password)
     if user is None:
         return wrong_credentials()
-    token = await in_login_session(lambda session: start_session(session, user))
+    if user.disabled:
+        return oauth_error(status.HTTP_401_UNAUTHORIZED, "invalid_grant", ACCOUNT_DISABLED)
+    allowed = ROLE_SCOPES[user.role]
+    scopes = scope_text([scope for scope in requested or allowed if scope in allowed])  # RFC 6749 §3.3
+    if not scopes:
+        return invalid_scope(f"None of the scopes asked for is allowed to the role {user.role!r}: {' '.join(allowed)}")
+    token = await in_login_session(lambda session: start_session(session, user, scopes))
     return token or wrong_credentials()
 
 
-async def refresh(refresh_token: str | None) -> Token | JSONResponse:
+async def refresh(refresh_token: str | None, requested: list[str]) -> Token | JSONResponse:
     """No bcrypt runs here, so neither the throttle nor the limit on hashing applies."""
     if not refresh_token:
         return oauth_error(status.HTTP_400_BAD_REQUEST, "invalid_request", "refresh_token is required to refresh")
-    token = await in_login_session(lambda session: refresh_session(session, refresh_token))
+    token = await in_login_session(lambda session: refresh_session(session, refresh_token, requested))
     return token or oauth_error(status.HTTP_401_UNAUTHORIZED, "invalid_grant", STALE_REFRESH)
 
 

@@ -49,7 +49,7 @@ for name in (
 
 from fastapi.testclient import TestClient
 from jose import jwt
-from sqlalchemy import func, make_url, select
+from sqlalchemy import func, make_url, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 import auth
@@ -58,6 +58,7 @@ import fast_reads
 import main
 import migrate
 import passwords
+from models import User
 
 postgres_only = pytest.mark.skipif(
     not TEST_DATABASE_URL,
@@ -202,6 +203,20 @@ def token_for(client, username="alice", password=PASSWORD):
     return tokens_for(client, username, password)["access_token"]
 
 
+def make_admin(username="root"):
+    """What `python manage.py make-admin` does for an existing user, straight in the database."""
+    with Session(database.engine) as session:
+        session.execute(update(User).where(User.username == username).values(role="admin", disabled=False))
+        session.commit()
+
+
+def admin_tokens_for(client, username="root"):
+    """Sign up, become an administrator, and log in: tokens with every scope."""
+    assert sign_up(client, username).status_code == 201
+    make_admin(username)
+    return log_in(client, username).json()
+
+
 def refresh(client, refresh_token):
     return client.post("/auth/token", data={"grant_type": "refresh_token", "refresh_token": refresh_token})
 
@@ -238,13 +253,14 @@ def child_env(**changes):
     return {name: value for name, value in env.items() if value is not None}
 
 
-def run_python(code, workdir=None, **env_changes):
+def run_python(code, workdir=None, stdin=None, **env_changes):
     """Run code in a new Python process, in a working folder of its own unless one is given."""
     workdir = workdir or tempfile.mkdtemp(dir=TEST_FOLDER)
     return subprocess.run(
         [sys.executable, "-c", code],
         env=child_env(**env_changes),
         cwd=workdir,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=60,

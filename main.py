@@ -17,12 +17,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+import admin
 import auth
 import database
 import fast_reads
 import migrate
 import users
-from auth import BAD_TOKEN_RESPONSE, BUSY_RESPONSE, CurrentUser, Detail
+from auth import BAD_TOKEN_RESPONSE, BUSY_RESPONSE, SCOPE_RESPONSE, Detail, Reader
 from config import settings
 from database import is_unavailable
 from models import User
@@ -57,7 +58,7 @@ app: FastAPI = FastAPIOffline(
     ),
     lifespan=lifespan,
 )
-for router in (auth.router, users.router):
+for router in (auth.router, users.router, admin.router):
     app.include_router(
         router,
         max_body_size=MAX_BODY_BYTES,
@@ -118,8 +119,8 @@ class Message(BaseModel):
     message: str
 
 
-@app.get("/", responses=BAD_TOKEN_RESPONSE | BUSY_RESPONSE)
-async def greet(user: CurrentUser) -> Message:
+@app.get("/", responses=BAD_TOKEN_RESPONSE | SCOPE_RESPONSE | BUSY_RESPONSE)
+async def greet(user: Reader) -> Message:
     return Message(message=f"Hello, {user.username} with ID: {user.id}!")
 
 

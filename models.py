@@ -1,7 +1,8 @@
-from sqlalchemy import ForeignKey, Index, String
+from sqlalchemy import ForeignKey, Index, String, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from database import Base
+from roles import USER
 
 
 class User(Base):
@@ -15,6 +16,9 @@ class User(Base):
     # whose name differed from an older one's only by case: it keeps its name and logs in as before.
     username_key: Mapped[str | None] = mapped_column(String(255), unique=True, index=True)
     hashed_password: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16), default=USER, server_default=USER)
+    disabled: Mapped[bool] = mapped_column(default=False, server_default=false())
+    created_at: Mapped[float | None]  # seconds since 1970; null for accounts made before 1.2
 
 
 class LoginSession(Base):
@@ -27,6 +31,8 @@ class LoginSession(Base):
     started_at: Mapped[float]  # seconds since 1970 (time.time()), as in login_failures
     ends_at: Mapped[float] = mapped_column(index=True)
     refresh_hash: Mapped[str] = mapped_column(String(64))  # SHA-256 of the current refresh token, never the token
+    # What the login granted, space-separated; null for sessions from before 1.2, which get their user's role's.
+    scopes: Mapped[str | None] = mapped_column(String(64))
 
 
 class SpentRefreshToken(Base):

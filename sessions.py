@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from config import settings
 from models import LoginSession, SpentRefreshToken, User
+from roles import session_scopes
 
 SECONDS_PER_DAY = 86_400
 
@@ -36,7 +37,9 @@ ROTATE = (
         LoginSession.id,
         LoginSession.user_id,
         LoginSession.ends_at,
+        LoginSession.scopes,
         select(User.username).where(User.id == LoginSession.user_id).scalar_subquery().label("username"),
+        select(User.role).where(User.id == LoginSession.user_id).scalar_subquery().label("role"),
     )
 )
 
@@ -61,32 +64,53 @@ def session_id_of(refresh_token: str) -> str | None:
     return shape[1] if shape else None
 
 
-def start(session: Session, user_id: int, verified_hash: str) -> tuple[str, float, str] | None:
-    """Start a session for a user whose password matched verified_hash; return its id, its end and its first
+def start(session: Session, user: User, scopes: str) -> tuple[str, float, str] | None:
+    """Start a session for a user whose password matched user.hashed_password; return its id, its end and its first
     refresh token. Sessions that have run out are deleted.
 
-    It starts only if verified_hash is still the stored hash, in the same statement: a password changed or an
-    account deleted while the password was being checked starts nothing (None). On PostgreSQL the statement locks
-    the user's row (FOR SHARE), so a change that has not committed yet is waited for, then seen.
+    It starts only if what was checked still holds, in the same statement: the same stored hash, the same role, and
+    the account enabled. A password changed, an account deleted, demoted or disabled while the password was being
+    checked starts nothing (None). On PostgreSQL the statement locks the user's row (FOR SHARE), so a change that
+    has not committed yet is waited for, then seen.
     """
     now = time.time()
     session.execute(delete(LoginSession).where(LoginSession.ends_at <= now))
     session_id = secrets.token_urlsafe(16)
     ends_at = now + settings.refresh_token_expire_days * SECONDS_PER_DAY
     refresh_token = new_refresh_token(session_id)
+    still_holds = User.id == user.id, User.hashed_password == user.hashed_password, User.role == user.role
     if_still_verified = (
-        select(literal(session_id), User.id, literal(now), literal(ends_at), literal(hashed(refresh_token)))
-        .where(User.id == user_id, User.hashed_password == verified_hash)
+        select(
+            literal(session_id),
+            User.id,
+            literal(now),
+            literal(ends_at),
+            literal(hashed(refresh_token)),
+            literal(scopes),
+        )
+        .where(*still_holds, User.disabled.is_(False))
         .with_for_update(read=True)
     )
-    columns = ["id", "user_id", "started_at", "ends_at", "refresh_hash"]
+    columns = ["id", "user_id", "started_at", "ends_at", "refresh_hash", "scopes"]
     started = session.execute(insert(LoginSession).from_select(columns, if_still_verified).returning(LoginSession.id))
     started_id = started.scalar()
     session.commit()
     return (session_id, ends_at, refresh_token) if started_id else None
 
 
-def rotate(session: Session, refresh_token: str) -> tuple[Row[tuple[str, int, float, str]], str] | None:
+def scopes_of(session: Session, refresh_token: str) -> str | None:
+    """The scopes of the session whose current refresh token this is; None if it is no current refresh token."""
+    session_id = session_id_of(refresh_token)
+    if session_id is None:
+        return None
+    current = LoginSession.id == session_id, LoginSession.refresh_hash == hashed(refresh_token)
+    found = session.execute(select(LoginSession.scopes, User.role).join(User).where(*current)).first()
+    return session_scopes(found.scopes, found.role) if found else None
+
+
+def rotate(
+    session: Session, refresh_token: str
+) -> tuple[Row[tuple[str, int, float, str | None, str, str]], str] | None:
     """Swap the session's current refresh token for a new one; return the session, its user's name and the new
     token. Or return None, and if the token is a spent one of the session come back, end the session: someone
     holds a copy (RFC 9700 §4.14.2). Anything else, such as the session's id with a made-up secret, ends nothing.

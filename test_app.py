@@ -241,10 +241,12 @@ def test_log_in_returns_a_bearer_token_with_the_expected_claims(client):
 
     assert response.status_code == 200
     body = response.json()
-    assert body.keys() == {"access_token", "token_type", "expires_in", "refresh_token"}
+    assert body.keys() == {"access_token", "token_type", "expires_in", "refresh_token", "scope"}
     assert body["token_type"] == "bearer"
+    assert body["scope"] == "me account"
     claims = jwt.decode(body["access_token"], auth.SECRET_KEY, algorithms=["HS256"])
-    assert claims.keys() == {"sub", "id", "sid", "iat", "exp", "jti"}
+    assert claims.keys() == {"sub", "id", "sid", "iat", "exp", "jti", "scope"}
+    assert claims["scope"] == "me account"
     assert claims["sub"] == "alice"
     assert claims["id"] == 1
     assert claims["sid"] == body["refresh_token"].split(".")[0]
@@ -425,6 +427,7 @@ BAD_TOKENS = {
     "without sub": lambda token: signed(claims_for(token, sub=None)),
     "without id": lambda token: signed(claims_for(token, id=None)),
     "without sid, as before sessions": lambda token: signed(claims_for(token, sid=None)),
+    "without scope, as before scopes": lambda token: signed(claims_for(token, scope=None)),
     "for a user who never existed": lambda token: signed(claims_for(token, id=999, sub="ghost")),
     "whose sub does not match the id": lambda token: signed(claims_for(token, sub="bob")),
     "of a session that never existed": lambda token: signed(claims_for(token, sid="no-such-session")),
@@ -514,7 +517,13 @@ def test_docs_authorize_button_logs_in_at_the_declared_token_url(client):
     )
 
     assert token_url == "http://testserver/auth/token"
-    assert schema["paths"]["/"]["get"]["security"] == [{"OAuth2PasswordBearer": []}]
+    assert schema["paths"]["/"]["get"]["security"] == [{"OAuth2PasswordBearer": ["me"]}]
+    assert scheme["flows"]["password"]["scopes"] == {  # the checkboxes of the Authorize dialog
+        "me": "Read your own account: GET /, GET /users/me and your sessions",
+        "account": "Change your password, delete your account, end your sessions",
+        "admin": "Manage every account (administrators only)",
+    }
+    assert authorize.json()["scope"] == "me account"
     assert client.get("/docs").status_code == 200
     assert client.get("/", headers=bearer(authorize.json()["access_token"])).status_code == 200
 

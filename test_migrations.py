@@ -154,8 +154,11 @@ def test_a_database_made_by_an_earlier_release_keeps_every_row(version, empty_da
         assert log_in(client, "bob").status_code == 429  # so the four before still count
         assert sign_up(client, "carol").json()["id"] == 4  # ids go on from where they were
         assert sign_up(client, "ALICE", "another password").status_code == 409
-        if "refresh_token" in made:
-            assert refresh(client, made["refresh_token"]).status_code == 200
+        old_access_token = client.get("/", headers={"Authorization": f"Bearer {made['access_token']}"})
+        assert old_access_token.status_code == 401  # it has no scope claim: its client refreshes, or logs in again
+        assert 'error="invalid_token"' in old_access_token.headers["WWW-Authenticate"]
+        if "refresh_token" in made:  # a 1.1.0 session: its refresh token gets the scopes of its user's role
+            assert refresh(client, made["refresh_token"]).json()["scope"] == "me account"
 
 
 def test_a_database_at_the_newest_revision_is_left_alone():

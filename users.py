@@ -12,9 +12,11 @@ import sessions
 from auth import (
     BAD_TOKEN_RESPONSE,
     BUSY_RESPONSE,
+    SCOPE_RESPONSE,
     THROTTLED_RESPONSE,
-    CurrentUser,
+    AccountOwner,
     Detail,
+    Reader,
     SignedInUser,
     UserPublic,
     check_password,
@@ -27,7 +29,10 @@ from passwords import HAS_USERNAME, NewPassword, StoredPassword, contains_userna
 
 WRONG_PASSWORD = "The password is not correct"  # noqa: S105 (a message, not a password)
 PASSWORD_ROUTE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status.HTTP_403_FORBIDDEN: {"model": Detail, "description": WRONG_PASSWORD},
+    status.HTTP_403_FORBIDDEN: {
+        "model": Detail,
+        "description": f"{WRONG_PASSWORD}, or the token was not granted the scope `account`",
+    },
     **BAD_TOKEN_RESPONSE,
     **THROTTLED_RESPONSE,
     **BUSY_RESPONSE,
@@ -49,8 +54,8 @@ class AccountDeletion(BaseModel):
     password: StoredPassword
 
 
-@router.get("/me", responses=BAD_TOKEN_RESPONSE | BUSY_RESPONSE)
-async def read_current_user(user: CurrentUser) -> UserPublic:
+@router.get("/me", responses=BAD_TOKEN_RESPONSE | SCOPE_RESPONSE | BUSY_RESPONSE)
+async def read_current_user(user: Reader) -> UserPublic:
     return user
 
 
@@ -97,7 +102,7 @@ def save_password(session: Session, user: SignedInUser, verified_hash: str, hash
 
 
 @router.patch("/me/password", status_code=status.HTTP_204_NO_CONTENT, responses=PASSWORD_ROUTE_RESPONSES)
-async def change_password(change: PasswordChange, user: CurrentUser, request: Request) -> None:
+async def change_password(change: PasswordChange, user: AccountOwner, request: Request) -> None:
     """Every other session of the user ends, on every device; the session that made the change goes on."""
     if contains_username(change.new_password, user.username):
         raise RequestValidationError(
@@ -116,7 +121,7 @@ def delete_user(session: Session, user: SignedInUser, verified_hash: str) -> Non
 
 
 @router.delete("/me", status_code=status.HTTP_204_NO_CONTENT, responses=PASSWORD_ROUTE_RESPONSES)
-async def delete_account(confirmation: AccountDeletion, user: CurrentUser, request: Request) -> None:
+async def delete_account(confirmation: AccountDeletion, user: AccountOwner, request: Request) -> None:
     """Delete the account and all its sessions; the username is free again."""
     verified_hash = await confirm_password(request, user, confirmation.password)
     await in_login_session(lambda session: delete_user(session, user, verified_hash))
