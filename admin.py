@@ -6,6 +6,7 @@ administrator is refused, and every action writes one log line: who did what to 
 
 import logging
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -14,10 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import ColumnElement, Select, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
+import sessions
 from auth import BAD_TOKEN_RESPONSE, BUSY_RESPONSE, SCOPE_RESPONSE, Administrator, Detail, SignedInUser
 from database import in_session
 from models import LoginSession, User
 from roles import ADMIN, Role
+from sessions import SessionRow
+from users import SessionInfo
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +198,19 @@ async def delete_user(admin: Administrator, user_id: UserId) -> None:
     """Delete the account and its sessions; the name is free again, and the id is never reused."""
     username = await in_session(lambda session: delete_account(session, user_id))
     log_action(admin, "deleted", user_id, username)
+
+
+@router.get("/users/{user_id}/sessions")
+async def list_user_sessions(admin: Administrator, user_id: UserId) -> list[SessionInfo]:
+    """Where the user is logged in, most recently used first: the list its owner sees, without `current`."""
+    rows = await in_session(lambda session: live_sessions(session, user_id))
+    return [SessionInfo.model_validate(row) for row in rows]
+
+
+def live_sessions(session: Session, user_id: int) -> Sequence[SessionRow]:
+    if session.scalar(select(User.id).where(User.id == user_id)) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, NO_SUCH_USER)
+    return sessions.live_sessions_of(session, user_id)
 
 
 @router.delete("/users/{user_id}/sessions", status_code=status.HTTP_204_NO_CONTENT)

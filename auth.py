@@ -236,7 +236,24 @@ async def in_login_session(work: Callable[[Session], T]) -> T:
 
 
 def client_address(request: Request) -> str:
+    """The client's address, or with uvicorn --proxy-headers, the one the trusted proxy says (X-Forwarded-For)."""
     return request.client.host if request.client else ""
+
+
+class Client(BaseModel):
+    """Where a login comes from, as its session records it for its owner's list."""
+
+    address: str
+    user_agent: str | None
+
+    @classmethod
+    def of(cls, request: Request) -> "Client":
+        """The User-Agent is kept as text, cut to 256 characters, never interpreted; PostgreSQL refuses NUL in text."""
+        user_agent = request.headers.get("user-agent")
+        return cls(
+            address=client_address(request),
+            user_agent=user_agent.replace("\x00", "")[:256] if user_agent is not None else None,
+        )
 
 
 def check_throttle_and_find_user(
@@ -313,9 +330,9 @@ def issue_tokens(
     )
 
 
-def start_session(session: Session, user: User, scopes: str) -> Token | None:
+def start_session(session: Session, user: User, scopes: str, client: "Client") -> Token | None:
     """None if the account changed (password, role, disabled or deleted) since the password was checked."""
-    started = sessions.start(session, user, scopes)
+    started = sessions.start(session, user, scopes, client.address, client.user_agent)
     if started is None:
         return None
     session_id, ends_at, refresh_token = started
@@ -497,13 +514,13 @@ async def log_in_or_refresh(
     if form.grant_type == "refresh_token":
         token = await refresh(form.refresh_token, requested)
     else:
-        token = await log_in(form, requested, client_address(request))
+        token = await log_in(form, requested, Client.of(request))
     if isinstance(token, Token):
         response.headers.update(NO_STORE)
     return token
 
 
-async def log_in(form: TokenForm, requested: list[str], address: str) -> Token | JSONResponse:
+async def log_in(form: TokenForm, requested: list[str], client: Client) -> Token | JSONResponse:
     """Credentials that sign-up could never have stored belong to nobody (and some make bcrypt raise): they stop
     first. Nothing else of sign-up's rules applies, so an account keeps the password it was made with.
 
@@ -515,7 +532,7 @@ async def log_in(form: TokenForm, requested: list[str], address: str) -> Token |
         credentials = Credentials(username=form.username, password=form.password)
     except ValidationError:
         return wrong_credentials()
-    user = await check_password(address, credentials.username, credentials.password)
+    user = await check_password(client.address, credentials.username, credentials.password)
     if user is None:
         return wrong_credentials()
     if user.disabled:
@@ -524,7 +541,7 @@ async def log_in(form: TokenForm, requested: list[str], address: str) -> Token |
     scopes = scope_text([scope for scope in requested or allowed if scope in allowed])  # RFC 6749 §3.3
     if not scopes:
         return invalid_scope(f"None of the scopes asked for is allowed to the role {user.role!r}: {' '.join(allowed)}")
-    token = await in_login_session(lambda session: start_session(session, user, scopes))
+    token = await in_login_session(lambda session: start_session(session, user, scopes, client))
     return token or wrong_credentials()
 
 

@@ -26,6 +26,12 @@ class Settings(BaseSettings):
     refresh_token_expire_days: int = Field(
         30, ge=1, le=365, description="how long a login session lasts, in days, however often it is refreshed"
     )
+    max_sessions_per_user: int = Field(
+        100,
+        ge=1,
+        le=10_000,
+        description="live sessions one user may have; a login past it ends the least recently used",
+    )
     bcrypt_rounds: int = Field(12, ge=4, le=31, description="bcrypt's cost; each step doubles the hashing time")
     password_min_length: int = Field(
         8, ge=8, le=64, description="the fewest characters a new password may have; NIST asks 15 for a password alone"

@@ -38,6 +38,7 @@ for name in (
     "ALGORITHM",
     "ACCESS_TOKEN_EXPIRE_MINUTES",
     "REFRESH_TOKEN_EXPIRE_DAYS",
+    "MAX_SESSIONS_PER_USER",
     "PASSWORD_MIN_LENGTH",
     "LOGIN_MAX_FAILURES",
     "LOGIN_WINDOW_SECONDS",
@@ -49,7 +50,7 @@ for name in (
 
 from fastapi.testclient import TestClient
 from jose import jwt
-from sqlalchemy import func, make_url, select, update
+from sqlalchemy import func, make_url, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 import auth
@@ -241,6 +242,20 @@ def politely(request, *args, **kwargs):
             return response
         time.sleep(float(response.headers["Retry-After"]))
     raise AssertionError("still 503 after 100 tries")
+
+
+def wait_until_blocked_or_done(request):
+    """Until a request (a future) waits for a lock that another one holds, or has its answer. PostgreSQL shows its
+    waiters in pg_locks; SQLite makes a second writer wait for the first in any case, so there is nothing to see."""
+    if not TEST_DATABASE_URL:
+        return
+    deadline = time.monotonic() + 10
+    while not request.done():
+        with database.engine.connect() as connection:
+            if connection.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted")):
+                return
+        assert time.monotonic() < deadline, "the request neither waited for a lock nor ended"
+        time.sleep(0.01)
 
 
 def child_env(**changes):

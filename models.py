@@ -33,6 +33,10 @@ class LoginSession(Base):
     refresh_hash: Mapped[str] = mapped_column(String(64))  # SHA-256 of the current refresh token, never the token
     # What the login granted, space-separated; null for sessions from before 1.2, which get their user's role's.
     scopes: Mapped[str | None] = mapped_column(String(64))
+    # Where and when it was used, for its owner's list; null where sessions from before 1.2 recorded nothing.
+    last_used_at: Mapped[float | None]  # at login and at each refresh; a protected request writes nothing
+    client_address: Mapped[str | None] = mapped_column(String(255))
+    user_agent: Mapped[str | None] = mapped_column(String(256))  # as the client sent it, never interpreted
 
 
 class SpentRefreshToken(Base):

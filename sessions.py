@@ -13,8 +13,9 @@ import hashlib
 import re
 import secrets
 import time
+from collections.abc import Sequence
 
-from sqlalchemy import Row, bindparam, delete, exists, insert, literal, select, update
+from sqlalchemy import Row, bindparam, delete, exists, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from config import settings
@@ -32,7 +33,7 @@ ROTATE = (
         LoginSession.refresh_hash == bindparam("presented_hash"),
         LoginSession.ends_at > bindparam("now"),
     )
-    .values(refresh_hash=bindparam("next_hash"))
+    .values(refresh_hash=bindparam("next_hash"), last_used_at=bindparam("now"))
     .returning(
         LoginSession.id,
         LoginSession.user_id,
@@ -46,8 +47,9 @@ ROTATE = (
 
 SPEND = insert(SpentRefreshToken).values(refresh_hash=bindparam("presented_hash"), session_id=bindparam("session_id"))
 
-# secrets.token_urlsafe(16) and (32): a string of any other shape is no token of ours, and reaches no query.
-REFRESH_TOKEN_SHAPE = re.compile(r"([A-Za-z0-9_-]{22})\.[A-Za-z0-9_-]{43}")
+# secrets.token_urlsafe(16) and (32): a string of any other shape is no id or token of ours, and reaches no query.
+SESSION_ID_SHAPE = re.compile(r"[A-Za-z0-9_-]{22}")
+REFRESH_TOKEN_SHAPE = re.compile(rf"({SESSION_ID_SHAPE.pattern})\.[A-Za-z0-9_-]{{43}}")
 
 
 def hashed(refresh_token: str) -> str:
@@ -64,38 +66,77 @@ def session_id_of(refresh_token: str) -> str | None:
     return shape[1] if shape else None
 
 
-def start(session: Session, user: User, scopes: str) -> tuple[str, float, str] | None:
+def start(
+    session: Session, user: User, scopes: str, client_address: str, user_agent: str | None
+) -> tuple[str, float, str] | None:
     """Start a session for a user whose password matched user.hashed_password; return its id, its end and its first
-    refresh token. Sessions that have run out are deleted.
+    refresh token. Sessions that have run out are deleted, and past MAX_SESSIONS_PER_USER the user's least recently
+    used ones end.
 
     It starts only if what was checked still holds, in the same statement: the same stored hash, the same role, and
     the account enabled. A password changed, an account deleted, demoted or disabled while the password was being
-    checked starts nothing (None). On PostgreSQL the statement locks the user's row (FOR SHARE), so a change that
-    has not committed yet is waited for, then seen.
+    checked starts nothing (None). On PostgreSQL the statement locks the user's row (FOR UPDATE): a change that has
+    not committed yet is waited for, then seen, and logins of one user count their sessions one at a time.
     """
     now = time.time()
     session.execute(delete(LoginSession).where(LoginSession.ends_at <= now))
     session_id = secrets.token_urlsafe(16)
     ends_at = now + settings.refresh_token_expire_days * SECONDS_PER_DAY
     refresh_token = new_refresh_token(session_id)
+    values = {
+        "id": session_id,
+        "started_at": now,
+        "last_used_at": now,
+        "ends_at": ends_at,
+        "refresh_hash": hashed(refresh_token),
+        "scopes": scopes,
+        "client_address": client_address,
+        "user_agent": user_agent,
+    }
     still_holds = User.id == user.id, User.hashed_password == user.hashed_password, User.role == user.role
     if_still_verified = (
-        select(
-            literal(session_id),
-            User.id,
-            literal(now),
-            literal(ends_at),
-            literal(hashed(refresh_token)),
-            literal(scopes),
-        )
+        select(User.id, *(literal(value, LoginSession.__table__.c[name].type) for name, value in values.items()))
         .where(*still_holds, User.disabled.is_(False))
-        .with_for_update(read=True)
+        .with_for_update()
     )
-    columns = ["id", "user_id", "started_at", "ends_at", "refresh_hash", "scopes"]
-    started = session.execute(insert(LoginSession).from_select(columns, if_still_verified).returning(LoginSession.id))
-    started_id = started.scalar()
+    started = session.execute(
+        insert(LoginSession).from_select(["user_id", *values], if_still_verified).returning(LoginSession.id)
+    ).first()
+    if started is not None:
+        end_least_recently_used(session, user.id)
     session.commit()
-    return (session_id, ends_at, refresh_token) if started_id else None
+    return (session_id, ends_at, refresh_token) if started else None
+
+
+LAST_USED = func.coalesce(LoginSession.last_used_at, LoginSession.started_at)
+
+
+def end_least_recently_used(session: Session, user_id: int) -> None:
+    """Keep the user's MAX_SESSIONS_PER_USER most recently used sessions, and end the others."""
+    kept = (
+        select(LoginSession.id)
+        .where(LoginSession.user_id == user_id)
+        .order_by(LAST_USED.desc(), LoginSession.id)
+        .limit(settings.max_sessions_per_user)
+    )
+    session.execute(delete(LoginSession).where(LoginSession.user_id == user_id, LoginSession.id.not_in(kept)))
+
+
+SessionRow = Row[str, float, float | None, float, str | None, str | None]
+
+
+def live_sessions_of(session: Session, user_id: int) -> Sequence[SessionRow]:
+    """The user's sessions that have not run out, most recently used first: one query on the index of user_id."""
+    columns = (
+        LoginSession.id,
+        LoginSession.started_at,
+        LoginSession.last_used_at,
+        LoginSession.ends_at,
+        LoginSession.client_address,
+        LoginSession.user_agent,
+    )
+    live = LoginSession.user_id == user_id, LoginSession.ends_at > time.time()
+    return session.execute(select(*columns).where(*live).order_by(LAST_USED.desc(), LoginSession.id)).all()
 
 
 def scopes_of(session: Session, refresh_token: str) -> str | None:

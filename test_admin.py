@@ -19,7 +19,6 @@ import database
 import manage as manage_module
 from conftest import (
     PASSWORD,
-    TEST_DATABASE_URL,
     TEST_FOLDER,
     admin_tokens_for,
     bcrypt_runs,  # noqa: F401 (a fixture)
@@ -30,6 +29,7 @@ from conftest import (
     run_python,
     sign_up,
     tokens_for,
+    wait_until_blocked_or_done,
 )
 from models import LoginSession, User
 
@@ -474,28 +474,13 @@ def test_two_administrators_demoting_each_other_at_once_leave_one(client, monkey
         first = pool.submit(demote, root, 2)
         assert parked.wait(timeout=10)
         second = pool.submit(demote, other, 1)
-        wait_until_waiting_or_done(second)
+        wait_until_blocked_or_done(second)
         may_finish.set()
 
     assert first.result().status_code == 200
     assert second.result().status_code in (401, 409)  # its own session ended with its demotion, or 409
     with Session(database.engine) as session:
         assert session.execute(text("SELECT count(*) FROM users WHERE role = 'admin'")).scalar() == 1
-
-
-def wait_until_waiting_or_done(request):
-    """On PostgreSQL, until the request waits for the lock the parked one holds (or has an answer). SQLite makes a
-    second writer wait for the first in any case."""
-    if not TEST_DATABASE_URL:
-        return
-    for _ in range(1000):
-        if request.done():
-            return
-        with database.engine.connect() as connection:
-            if connection.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted")):
-                return
-        threading.Event().wait(0.01)
-    raise AssertionError("the second request neither waited nor ended")
 
 
 # Every action is logged

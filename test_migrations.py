@@ -158,7 +158,11 @@ def test_a_database_made_by_an_earlier_release_keeps_every_row(version, empty_da
         assert old_access_token.status_code == 401  # it has no scope claim: its client refreshes, or logs in again
         assert 'error="invalid_token"' in old_access_token.headers["WWW-Authenticate"]
         if "refresh_token" in made:  # a 1.1.0 session: its refresh token gets the scopes of its user's role
-            assert refresh(client, made["refresh_token"]).json()["scope"] == "me account"
+            renewed = refresh(client, made["refresh_token"]).json()
+            assert renewed["scope"] == "me account"
+            listed = client.get("/users/me/sessions", headers={"Authorization": f"Bearer {renewed['access_token']}"})
+            [old_session] = [session for session in listed.json() if session["current"]]
+            assert (old_session["client_address"], old_session["user_agent"]) == (None, None)  # nothing was recorded
 
 
 def test_a_database_at_the_newest_revision_is_left_alone():

@@ -284,7 +284,7 @@ def test_a_verified_token_is_still_checked_for_expiry_on_every_use(client, clock
 def test_a_login_whose_account_was_deleted_after_its_password_was_checked_starts_no_session():
     with database.SessionLocal() as session:
         ghost = User(id=999, username="ghost", hashed_password="x", role="user")
-        assert auth.start_session(session, ghost, "me account") is None
+        assert auth.start_session(session, ghost, "me account", auth.Client(address="", user_agent=None)) is None
 
     assert count_rows(LoginSession) == 0
 

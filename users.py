@@ -1,11 +1,13 @@
-"""The signed-in user's own account: read it, change its password, delete it."""
+"""The signed-in user's own account: read it, change its password, delete it, list its sessions and end them."""
 
+import time
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict
-from sqlalchemy import ColumnElement, and_, delete, exists, update
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import ColumnElement, and_, delete, exists, select, update
 from sqlalchemy.orm import Session
 
 import sessions
@@ -24,10 +26,12 @@ from auth import (
     in_login_session,
     invalid_token,
 )
+from database import in_session
 from models import LoginSession, User
 from passwords import HAS_USERNAME, NewPassword, StoredPassword, contains_username, hash_password
 
 WRONG_PASSWORD = "The password is not correct"  # noqa: S105 (a message, not a password)
+NO_SUCH_SESSION = "No live session of yours has this id"
 PASSWORD_ROUTE_RESPONSES: dict[int | str, dict[str, Any]] = {
     status.HTTP_403_FORBIDDEN: {
         "model": Detail,
@@ -48,10 +52,27 @@ class PasswordChange(BaseModel):
     new_password: NewPassword
 
 
-class AccountDeletion(BaseModel):
+class PasswordConfirmation(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     password: StoredPassword
+
+
+class SessionInfo(BaseModel):
+    """A login session, as its owner (or an administrator) sees it. Times are in UTC."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    started_at: datetime
+    last_used_at: datetime | None = Field(description="The login or the last refresh; null for sessions before 1.2")
+    ends_at: datetime
+    client_address: str | None = Field(description="Where the login came from; null for sessions before 1.2")
+    user_agent: str | None = Field(description="The login's User-Agent as sent, cut to 256 characters")
+
+
+class OwnSession(SessionInfo):
+    current: bool = Field(description="True for the session of the token that asks")
 
 
 @router.get("/me", responses=BAD_TOKEN_RESPONSE | SCOPE_RESPONSE | BUSY_RESPONSE)
@@ -121,7 +142,59 @@ def delete_user(session: Session, user: SignedInUser, verified_hash: str) -> Non
 
 
 @router.delete("/me", status_code=status.HTTP_204_NO_CONTENT, responses=PASSWORD_ROUTE_RESPONSES)
-async def delete_account(confirmation: AccountDeletion, user: AccountOwner, request: Request) -> None:
+async def delete_account(confirmation: PasswordConfirmation, user: AccountOwner, request: Request) -> None:
     """Delete the account and all its sessions; the username is free again."""
     verified_hash = await confirm_password(request, user, confirmation.password)
     await in_login_session(lambda session: delete_user(session, user, verified_hash))
+
+
+@router.get("/me/sessions", responses=BAD_TOKEN_RESPONSE | SCOPE_RESPONSE | BUSY_RESPONSE)
+async def list_sessions(user: Reader) -> list[OwnSession]:
+    """Where you are logged in: your live sessions, most recently used first."""
+    rows = await in_session(lambda session: sessions.live_sessions_of(session, user.id))
+    return [OwnSession(**row._asdict(), current=row.id == user.session_id) for row in rows]
+
+
+def end_own_sessions(session: Session, user: SignedInUser, verified_hash: str, *which: ColumnElement[bool]) -> int:
+    """End the user's live sessions that match, if what was verified still holds; return how many ended."""
+    verified = select(User.id).where(still_verified(user, verified_hash)).exists()
+    mine = LoginSession.user_id == user.id, LoginSession.ends_at > time.time()
+    ended = session.execute(delete(LoginSession).where(*mine, *which, verified).returning(LoginSession.id)).all()
+    if not ended and not session.scalar(select(verified)):
+        raise refuse_stale(session, user)
+    session.commit()
+    return len(ended)
+
+
+def end_one_session(session: Session, user: SignedInUser, verified_hash: str, session_id: str) -> None:
+    """Someone else's session, an ended one and garbage all get the same 404, and end nothing."""
+    if not sessions.SESSION_ID_SHAPE.fullmatch(session_id):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, NO_SUCH_SESSION)
+    if not end_own_sessions(session, user, verified_hash, LoginSession.id == session_id):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, NO_SUCH_SESSION)
+
+
+@router.delete(
+    "/me/sessions/{session_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={
+        status.HTTP_404_NOT_FOUND: {"model": Detail, "description": NO_SUCH_SESSION},
+        **PASSWORD_ROUTE_RESPONSES,
+    },
+)
+async def end_session(
+    session_id: str, confirmation: PasswordConfirmation, user: AccountOwner, request: Request
+) -> None:
+    """End one of your sessions: its tokens stop working on their next request. The password is asked, so that a
+    stolen token cannot end its owner's sessions and keep its own (ASVS 7.5.2). Your current session may end too."""
+    verified_hash = await confirm_password(request, user, confirmation.password)
+    await in_login_session(lambda session: end_one_session(session, user, verified_hash, session_id))
+
+
+@router.delete("/me/sessions", status_code=status.HTTP_204_NO_CONTENT, responses=PASSWORD_ROUTE_RESPONSES)
+async def end_other_sessions(confirmation: PasswordConfirmation, user: AccountOwner, request: Request) -> None:
+    """Log out everywhere else: every session of yours but this one ends."""
+    verified_hash = await confirm_password(request, user, confirmation.password)
+    await in_login_session(
+        lambda session: end_own_sessions(session, user, verified_hash, LoginSession.id != user.session_id)
+    )
