@@ -2,7 +2,7 @@
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import httpx2
 import pytest
@@ -53,7 +53,7 @@ def greet(client, tokens):
 
 def timestamp(text):
     moment = datetime.fromisoformat(text)
-    assert moment.utcoffset() is not None and moment.utcoffset().total_seconds() == 0  # UTC, and it says so
+    assert moment.utcoffset() == timedelta(0)  # UTC, and it says so
     return moment.timestamp()
 
 
