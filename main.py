@@ -51,7 +51,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 app: FastAPI = FastAPIOffline(
     redoc_url=None,
     title="FastAPI JWT auth demo",
-    version="1.1.0",
+    version="1.2.0",
     description=(
         "Sign up with `POST /auth/`, then press **Authorize**, log in with the same "
         "username and password, and try `GET /`."
