@@ -19,9 +19,9 @@ import database
 import manage as manage_module
 from conftest import (
     PASSWORD,
+    PROJECT,
     TEST_FOLDER,
     admin_tokens_for,
-    bcrypt_runs,  # noqa: F401 (a fixture)
     bearer,
     count_rows,
     log_in,
@@ -32,6 +32,8 @@ from conftest import (
     wait_until_blocked_or_done,
 )
 from models import LoginSession, User
+
+MANAGE = str(PROJECT / "manage.py")
 
 
 def log_in_asking(client, scope, username="alice"):
@@ -90,7 +92,7 @@ def test_a_login_asking_only_for_what_the_role_does_not_allow_is_400_invalid_sco
     assert count_rows(LoginSession) == 0
 
 
-def test_an_unknown_scope_is_400_invalid_scope_before_any_bcrypt(client, bcrypt_runs):  # noqa: F811
+def test_an_unknown_scope_is_400_invalid_scope_before_any_bcrypt(client, bcrypt_runs):
     sign_up(client)
     bcrypt_runs.clear()
 
@@ -127,6 +129,13 @@ def test_a_refresh_asking_for_more_is_400_invalid_scope_and_the_refresh_token_st
 
     assert_invalid_scope(more)
     assert refresh(client, tokens["refresh_token"]).json()["scope"] == "me"
+
+
+def test_a_refresh_asking_for_scopes_with_a_malformed_token_is_the_usual_invalid_grant(client):
+    response = client.post("/auth/token", data={"grant_type": "refresh_token", "refresh_token": "x", "scope": "me"})
+
+    assert response.status_code == 401
+    assert response.json()["error"] == "invalid_grant"
 
 
 def test_a_session_from_before_scopes_refreshes_with_its_users_role_scopes(client):
@@ -509,9 +518,10 @@ def test_every_administrator_action_writes_one_line_saying_who_did_what_to_whom(
 
 def manage(*args, stdin=None, **env):
     """Run the command as an operator does, in a process of its own."""
-    return run_python(
-        f"import sys; sys.argv = ['manage.py', *{list(args)!r}]; import manage; manage.main()", stdin=stdin, **env
+    code = (
+        f"import runpy, sys; sys.argv = ['manage.py', *{list(args)!r}]; runpy.run_path({MANAGE!r}, run_name='__main__')"
     )
+    return run_python(code, stdin=stdin, **env)
 
 
 def test_make_admin_makes_an_existing_user_an_enabled_administrator(client):

@@ -117,3 +117,18 @@ def test_a_refresh_of_a_session_that_a_password_change_ended_is_refused(client):
     assert change_password(client, owner, FIRST).status_code == 204
 
     assert refresh(client, other["refresh_token"]).status_code == 401
+
+
+def test_ending_sessions_that_overlaps_a_password_change_ends_nothing(client, park_logins):
+    owner = tokens_for(client)
+    intruder = log_in(client).json()
+
+    def log_out_everywhere_else():
+        body = {"password": PASSWORD}
+        return client.request("DELETE", "/users/me/sessions", json=body, headers=bearer(intruder["access_token"]))
+
+    ending, change = while_parked(park_logins, log_out_everywhere_else, lambda: change_password(client, owner, FIRST))
+
+    assert change.status_code == 204
+    assert ending.status_code == 401  # the change ended the intruder's session first
+    assert client.get("/", headers=bearer(owner["access_token"])).status_code == 200
