@@ -6,6 +6,7 @@ edits the database by hand, and no administrator's password sits in a setting.
 
 import argparse
 import getpass
+import logging
 import sys
 
 from fastapi import HTTPException
@@ -16,10 +17,12 @@ from sqlalchemy.orm import Session
 
 import database
 import migrate
-from auth import UserCreate, Username, add_user
 from models import User
 from passwords import password_context
 from roles import ADMIN
+
+logging.getLogger("auth").disabled = True  # it warns at import when SECRET_KEY is unset; this command signs no token
+from auth import UserCreate, Username, add_user  # noqa: E402
 
 
 def refusal(error: ValidationError) -> str:

@@ -537,7 +537,7 @@ def test_make_admin_makes_an_existing_user_an_enabled_administrator(client):
 
 
 def test_make_admin_creates_a_new_administrator_with_a_password_from_standard_input(client):
-    result = manage("make-admin", "root", "--password-stdin", stdin="a fine passphrase\n")
+    result = manage("make-admin", "root", "--password-stdin", stdin="a fine passphrase\n", SECRET_KEY=None)
 
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout == "Created root (id 1) as an enabled administrator\n"
