@@ -6,6 +6,7 @@ request run to its end meanwhile: the interleaving happens every time, with no s
 
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from passlib.context import CryptContext
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -78,19 +79,23 @@ def test_a_login_that_overlaps_a_password_change_leaves_no_live_session(client, 
     assert count_rows(LoginSession) == 1  # the owner's own
 
 
-def test_a_deletion_that_overlaps_a_password_change_deletes_nothing(client, park_logins):
+@pytest.mark.parametrize("path", ["/users/me", "/users/me/sessions"], ids=["account deletion", "ending sessions"])
+def test_a_deletion_confirmed_by_password_that_overlaps_a_password_change_deletes_nothing(client, park_logins, path):
     owner = tokens_for(client)
     intruder = log_in(client).json()
 
-    def delete_account():
+    def delete_with_the_old_password():
         body = {"password": PASSWORD}
-        return client.request("DELETE", "/users/me", json=body, headers=bearer(intruder["access_token"]))
+        return client.request("DELETE", path, json=body, headers=bearer(intruder["access_token"]))
 
-    deletion, change = while_parked(park_logins, delete_account, lambda: change_password(client, owner, FIRST))
+    deletion, change = while_parked(
+        park_logins, delete_with_the_old_password, lambda: change_password(client, owner, FIRST)
+    )
 
-    assert change.status_code == 204
-    assert deletion.status_code == 401
+    assert changed.status_code == 204
+    assert deletion.status_code == 401  # the change ended the intruder's session first
     assert count_rows(User) == 1
+    assert client.get("/", headers=bearer(owner["access_token"])).status_code == 200
 
 
 def test_a_rehash_that_overlaps_a_password_change_never_undoes_it(client, park_logins, monkeypatch):
@@ -117,18 +122,3 @@ def test_a_refresh_of_a_session_that_a_password_change_ended_is_refused(client):
     assert change_password(client, owner, FIRST).status_code == 204
 
     assert refresh(client, other["refresh_token"]).status_code == 401
-
-
-def test_ending_sessions_that_overlaps_a_password_change_ends_nothing(client, park_logins):
-    owner = tokens_for(client)
-    intruder = log_in(client).json()
-
-    def log_out_everywhere_else():
-        body = {"password": PASSWORD}
-        return client.request("DELETE", "/users/me/sessions", json=body, headers=bearer(intruder["access_token"]))
-
-    ending, change = while_parked(park_logins, log_out_everywhere_else, lambda: change_password(client, owner, FIRST))
-
-    assert change.status_code == 204
-    assert ending.status_code == 401  # the change ended the intruder's session first
-    assert client.get("/", headers=bearer(owner["access_token"])).status_code == 200
