@@ -88,7 +88,7 @@ def test_a_deletion_confirmed_by_password_that_overlaps_a_password_change_delete
         body = {"password": PASSWORD}
         return client.request("DELETE", path, json=body, headers=bearer(intruder["access_token"]))
 
-    deletion, change = while_parked(
+    deletion, changed = while_parked(
         park_logins, delete_with_the_old_password, lambda: change_password(client, owner, FIRST)
     )
 
