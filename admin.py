@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import ColumnElement, Select, delete, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 import sessions
@@ -101,11 +101,15 @@ def read_account(session: Session, user_id: int) -> Account:
 ENABLED_ADMINISTRATOR = User.role == ADMIN, User.disabled.is_(False)
 
 
-def lock_administrators(session: Session) -> None:
-    """Make administrators' changes one at a time, so that two of them demoting each other at once cannot leave
-    none. PostgreSQL: lock the rows of every enabled administrator. SQLite, which ignores FOR UPDATE: the write
-    that follows takes the database's one write lock, and what is counted after it is current."""
-    session.execute(select(User.id).where(*ENABLED_ADMINISTRATOR).with_for_update())
+def lock_for_change(session: Session, user_id: int) -> None:
+    """Lock the rows of every enabled administrator and of the user changed, in order of id.
+
+    Administrators' changes then go one at a time, so two of them demoting each other at once cannot leave none;
+    and a login of the user, which locks its row to start a session, waits for the change, then sees it. SQLite
+    ignores FOR UPDATE: there the first write takes the database's one write lock, with the same effect.
+    """
+    changed_or_admin = or_(User.id == user_id, and_(*ENABLED_ADMINISTRATOR))
+    session.execute(select(User.id).where(changed_or_admin).order_by(User.id).with_for_update())
 
 
 def refuse_if_no_administrator_left(session: Session) -> None:
@@ -117,7 +121,7 @@ def change_account(session: Session, user_id: int, change: AccountChange) -> Acc
     """One transaction. A change of role or a disabling ends every session of the user at once, so nobody keeps a
     right they just lost: their next request gets invalid_token. The sessions go first, in the write that takes
     SQLite's lock, so whether the role really changes is read as it is now."""
-    lock_administrators(session)
+    lock_for_change(session, user_id)
     changes_rights = []
     if change.role is not None:
         changes_rights.append(User.role != change.role)
@@ -135,7 +139,7 @@ def change_account(session: Session, user_id: int, change: AccountChange) -> Acc
 
 def delete_account(session: Session, user_id: int) -> str:
     """Its sessions go with it (a foreign key); the id is never handed out again. Returns the name it had."""
-    lock_administrators(session)
+    lock_for_change(session, user_id)
     username: str | None = session.scalar(delete(User).where(User.id == user_id).returning(User.username))
     if username is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, NO_SUCH_USER)

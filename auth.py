@@ -330,7 +330,7 @@ def issue_tokens(
     )
 
 
-def start_session(session: Session, user: User, scopes: str, client: "Client") -> Token | None:
+def start_session(session: Session, user: User, scopes: str, client: Client) -> Token | None:
     """None if the account changed (password, role, disabled or deleted) since the password was checked."""
     started = sessions.start(session, user, scopes, client.address, client.user_agent)
     if started is None:

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 import pytest
 from jose import jwt
-from sqlalchemy import insert, text, update
+from sqlalchemy import event, insert, text, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -272,6 +272,33 @@ def test_a_login_checked_while_its_account_is_disabled_starts_no_session(client,
         assert disable(client, root, 2).status_code == 200
         may_finish.set()
 
+    assert login.result().status_code == 401
+    assert count_rows(LoginSession) == 1  # root's
+
+
+def test_a_login_that_comes_while_its_account_is_being_disabled_waits_and_starts_no_session(client):
+    """The administrator's change is parked after it ended the user's sessions, before it marks the account."""
+    root = admin_tokens_for(client)
+    sign_up(client)
+    parked, may_finish = threading.Event(), threading.Event()
+
+    def park_after_ending_sessions(connection, cursor, statement, *args):
+        if statement.startswith("DELETE FROM sessions") and "EXISTS" in statement and not parked.is_set():
+            parked.set()
+            may_finish.wait(timeout=10)
+
+    event.listen(database.engine, "after_cursor_execute", park_after_ending_sessions)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            disabling = pool.submit(disable, client, root, 2)
+            assert parked.wait(timeout=10)
+            login = pool.submit(log_in, client)
+            wait_until_blocked_or_done(login)
+            may_finish.set()
+    finally:
+        event.remove(database.engine, "after_cursor_execute", park_after_ending_sessions)
+
+    assert disabling.result().status_code == 200
     assert login.result().status_code == 401
     assert count_rows(LoginSession) == 1  # root's
 
