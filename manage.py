@@ -21,8 +21,11 @@ from models import User
 from passwords import password_context
 from roles import ADMIN
 
-logging.getLogger("auth").disabled = True  # it warns at import when SECRET_KEY is unset; this command signs no token
+# auth warns as it is imported when SECRET_KEY is unset: this command signs no token, so the warning is not for it.
+logging.getLogger("auth").disabled = True
 from auth import UserCreate, Username, add_user  # noqa: E402
+
+logging.getLogger("auth").disabled = False
 
 
 def refusal(error: ValidationError) -> str:
