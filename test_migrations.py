@@ -231,13 +231,19 @@ def waiting_for_the_lock(server, url):
     )
 
 
+def stop(server):
+    server.terminate()
+    server.wait(timeout=30)
+
+
 def test_four_workers_starting_together_on_a_release_1_1_0_database_upgrade_it_once(empty_database):
     """The test holds the lock until all four workers wait for it, so that they all reach it together."""
     run_release("1.1.0", empty_database)
     log = Path(tempfile.mkdtemp(dir=TEST_FOLDER), "server.log")
     port = free_port()
     engine = database.make_engine(make_url(empty_database))
-    with another_process_migrating(empty_database), log.open("w") as output:
+    deadline = time.monotonic() + 120
+    with log.open("w") as output, another_process_migrating(empty_database):
         server = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "main:app", "--port", str(port), "--workers", "4"],
             env=child_env(DATABASE_URL=empty_database),
@@ -245,11 +251,14 @@ def test_four_workers_starting_together_on_a_release_1_1_0_database_upgrade_it_o
             stdout=output,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 120
-        while waiting_for_the_lock(server, empty_database) < 4:
-            assert server.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+        try:
+            while waiting_for_the_lock(server, empty_database) < 4:
+                assert server.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+        except BaseException:
+            stop(server)
+            raise
     try:
         while log.read_text().count("Application startup complete") < 4:
             assert server.poll() is None, log.read_text()
@@ -258,8 +267,7 @@ def test_four_workers_starting_together_on_a_release_1_1_0_database_upgrade_it_o
         credentials = {"username": "alice", "password": PASSWORD}
         answers = [httpx2.post(f"http://127.0.0.1:{port}/auth/token", data=credentials).status_code for _ in range(8)]
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop(server)
 
     started = log.read_text()
     assert [line for line in started.splitlines() if not line.startswith("INFO:")] == [
