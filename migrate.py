@@ -71,8 +71,9 @@ def release_before_alembic(connection: Connection) -> str | None:
 def upgrade(engine: Engine) -> None:
     """Bring the database to the newest revision. A database newer than this code stops it: it never downgrades."""
     config = alembic_config()
-    head = ScriptDirectory.from_config(config).get_current_head()
-    known = {revision.revision for revision in ScriptDirectory.from_config(config).walk_revisions()}
+    scripts = ScriptDirectory.from_config(config)
+    head = scripts.get_current_head()
+    known = {revision.revision for revision in scripts.walk_revisions()}
     with migration_lock(engine) as connection:
         config.attributes["connection"] = connection
         current = MigrationContext.configure(connection).get_current_revision()
