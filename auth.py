@@ -47,7 +47,7 @@ from passwords import (
     refuse_if_hashing_is_full,
     verify_password,
 )
-from roles import ROLE_SCOPES, SCOPES, USER, Role, scope_text, session_scopes
+from roles import ROLE_SCOPES, SCOPES, USER, Role, grant, session_scopes
 
 logger = logging.getLogger(__name__)
 
@@ -349,9 +349,7 @@ def refresh_session(session: Session, refresh_token: str, requested: list[str]) 
     if rotated is None:
         return None
     renewed, next_refresh_token = rotated
-    scopes = session_scopes(renewed.scopes, renewed.role)
-    if requested:
-        scopes = scope_text([scope for scope in requested if scope in scopes.split()])
+    scopes = grant(requested, session_scopes(renewed.scopes, renewed.role).split())
     return issue_tokens(renewed.user_id, renewed.username, renewed.id, renewed.ends_at, next_refresh_token, scopes)
 
 
@@ -538,7 +536,7 @@ async def log_in(form: TokenForm, requested: list[str], client: Client) -> Token
     if user.disabled:
         return oauth_error(status.HTTP_401_UNAUTHORIZED, "invalid_grant", ACCOUNT_DISABLED)
     allowed = ROLE_SCOPES[user.role]
-    scopes = scope_text([scope for scope in requested or allowed if scope in allowed])  # RFC 6749 §3.3
+    scopes = grant(requested, allowed)
     if not scopes:
         return invalid_scope(f"None of the scopes asked for is allowed to the role {user.role!r}: {' '.join(allowed)}")
     token = await in_login_session(lambda session: start_session(session, user, scopes, client))

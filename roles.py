@@ -23,6 +23,11 @@ def scope_text(scopes: tuple[str, ...] | list[str]) -> str:
     return " ".join(scope for scope in SCOPES if scope in scopes)
 
 
+def grant(requested: list[str], allowed: tuple[str, ...] | list[str]) -> str:
+    """RFC 6749 §3.3: what was asked for, narrowed to what is allowed; all of it when nothing was asked for."""
+    return scope_text([scope for scope in requested or allowed if scope in allowed])
+
+
 def session_scopes(granted: str | None, role: str) -> str:
     """A session's scopes: what its login granted, or for a session from before scopes, its user's role's."""
     return granted or scope_text(ROLE_SCOPES[role])
