@@ -163,14 +163,18 @@ def log_action(admin: SignedInUser, action: str, user_id: int, username: str) ->
     logger.warning("Administrator %s (id %d) %s user %s (id %d)", admin.username, admin.id, action, username, user_id)
 
 
-UserId = Annotated[int, Path(ge=1, description="The user's id")]
+# users.id is an INTEGER, 32 bits on PostgreSQL, which refuses a larger number in a query: such an id is a 422.
+LARGEST_ID = 2**31 - 1
+UserId = Annotated[int, Path(ge=1, le=LARGEST_ID, description="The user's id")]
 
 
 @router.get("/users")
 async def list_users(
     admin: Administrator,
     limit: Annotated[int, Query(ge=1, le=100, description="How many users, at most")] = 50,
-    after: Annotated[int, Query(ge=0, description="Users whose id is greater than this: a page's next_after")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=LARGEST_ID, description="Users whose id is greater than this: a page's next_after")
+    ] = 0,
 ) -> AccountPage:
     """Every user, in order of id, a page at a time."""
     return await in_session(lambda session: read_page(session, after, limit))

@@ -355,6 +355,37 @@ def test_an_unknown_id_is_404(client, method, path, body):
     assert response.json() == {"detail": "No user has this id"}
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/admin/users?after=2147483648", None),
+        ("GET", "/admin/users/2147483648", None),
+        ("GET", "/admin/users/2147483648/sessions", None),
+        ("PATCH", "/admin/users/2799453280", {"role": "user"}),
+        ("DELETE", "/admin/users/2147483648", None),
+        ("DELETE", "/admin/users/2147483648/sessions", None),
+    ],
+)
+def test_an_id_past_the_largest_a_database_can_hold_is_422_not_a_500(client, method, path, body):
+    """PostgreSQL's INTEGER is 32 bits: a larger number in a query is its error, found by schemathesis."""
+    root = admin_tokens_for(client)
+
+    response = client.request(method, path, json=body, headers=bearer(root["access_token"]))
+
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["msg"] == "Input should be less than or equal to 2147483647"
+
+
+def test_the_largest_id_is_an_ordinary_unknown_id(client):
+    root = admin_tokens_for(client)
+
+    assert client.get("/admin/users/2147483647", headers=bearer(root["access_token"])).status_code == 404
+    assert client.get("/admin/users?after=2147483647", headers=bearer(root["access_token"])).json() == {
+        "users": [],
+        "next_after": None,
+    }
+
+
 def test_pages_list_every_user_once_in_order_even_while_users_are_added(client):
     root = admin_tokens_for(client)
     for number in range(6):
