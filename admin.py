@@ -11,22 +11,28 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import ColumnElement, Select, and_, delete, exists, func, or_, select, update
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic.json_schema import SkipJsonSchema
+from sqlalchemy import ColumnElement, Select, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 import sessions
-from auth import BAD_TOKEN_RESPONSE, BUSY_RESPONSE, SCOPE_RESPONSE, Administrator, Detail, SignedInUser
+from auth import BAD_TOKEN_RESPONSE, BUSY_RESPONSE, SCOPE_RESPONSE, Administrator, Detail, SignedInUser, invalid_token
 from database import in_session
 from models import LoginSession, User
-from roles import ADMIN, Role
+from roles import Role
 from sessions import SessionRow
-from users import SessionInfo
+from users import (
+    ENABLED_ADMINISTRATOR,
+    LAST_ADMINISTRATOR,
+    SessionInfo,
+    lock_accounts,
+    refuse_if_no_administrator_left,
+)
 
 logger = logging.getLogger(__name__)
 
 NO_SUCH_USER = "No user has this id"
-LAST_ADMINISTRATOR = "This would leave no enabled administrator: make another one first"
 
 router = APIRouter(
     prefix="/admin",
@@ -59,15 +65,21 @@ class AccountPage(BaseModel):
 
 
 class AccountChange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Either field, or both; leave out what does not change. null is neither a role nor a flag, and `disabled` takes
+    only true or false: "yes" and 0 are refused."""
 
-    role: Role | None = None
-    disabled: bool | None = None
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+
+    role: Role | SkipJsonSchema[None] = None
+    disabled: StrictBool | SkipJsonSchema[None] = None
 
     @model_validator(mode="after")
     def changes_something(self) -> "AccountChange":
-        if self.role is None and self.disabled is None:
+        given = self.model_dump(exclude_unset=True)
+        if not given:
             raise ValueError("Give role, disabled, or both")
+        if None in given.values():
+            raise ValueError("Leave out what does not change: null is neither a role nor a flag")
         return self
 
 
@@ -98,30 +110,19 @@ def read_account(session: Session, user_id: int) -> Account:
     return Account.model_validate(row)
 
 
-ENABLED_ADMINISTRATOR = User.role == ADMIN, User.disabled.is_(False)
+def lock_as_administrator(session: Session, admin: SignedInUser, user_id: int) -> None:
+    """Lock what the change depends on, then check again, as it now is, that the actor is an enabled administrator:
+    one demoted or disabled while this change waited for the lock changes nothing (401, as their token now gets)."""
+    lock_accounts(session, admin.id, user_id)
+    if session.scalar(select(User.id).where(User.id == admin.id, *ENABLED_ADMINISTRATOR)) is None:
+        session.rollback()
+        raise invalid_token()
 
 
-def lock_for_change(session: Session, user_id: int) -> None:
-    """Lock the rows of every enabled administrator and of the user changed, in order of id.
-
-    Administrators' changes then go one at a time, so two of them demoting each other at once cannot leave none;
-    and a login of the user, which locks its row to start a session, waits for the change, then sees it. SQLite
-    ignores FOR UPDATE: there the first write takes the database's one write lock, with the same effect.
-    """
-    changed_or_admin = or_(User.id == user_id, and_(*ENABLED_ADMINISTRATOR))
-    session.execute(select(User.id).where(changed_or_admin).order_by(User.id).with_for_update())
-
-
-def refuse_if_no_administrator_left(session: Session) -> None:
-    if not session.scalar(select(func.count()).where(*ENABLED_ADMINISTRATOR)):
-        raise HTTPException(status.HTTP_409_CONFLICT, LAST_ADMINISTRATOR)
-
-
-def change_account(session: Session, user_id: int, change: AccountChange) -> Account:
+def change_account(session: Session, admin: SignedInUser, user_id: int, change: AccountChange) -> Account:
     """One transaction. A change of role or a disabling ends every session of the user at once, so nobody keeps a
-    right they just lost: their next request gets invalid_token. The sessions go first, in the write that takes
-    SQLite's lock, so whether the role really changes is read as it is now."""
-    lock_for_change(session, user_id)
+    right they just lost: their next request gets invalid_token."""
+    lock_as_administrator(session, admin, user_id)
     changes_rights = []
     if change.role is not None:
         changes_rights.append(User.role != change.role)
@@ -137,9 +138,9 @@ def change_account(session: Session, user_id: int, change: AccountChange) -> Acc
     return account
 
 
-def delete_account(session: Session, user_id: int) -> str:
+def delete_account(session: Session, admin: SignedInUser, user_id: int) -> str:
     """Its sessions go with it (a foreign key); the id is never handed out again. Returns the name it had."""
-    lock_for_change(session, user_id)
+    lock_as_administrator(session, admin, user_id)
     username: str | None = session.scalar(delete(User).where(User.id == user_id).returning(User.username))
     if username is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, NO_SUCH_USER)
@@ -148,8 +149,9 @@ def delete_account(session: Session, user_id: int) -> str:
     return username
 
 
-def end_sessions(session: Session, user_id: int) -> str:
+def end_sessions(session: Session, admin: SignedInUser, user_id: int) -> str:
     """Returns the user's name."""
+    lock_as_administrator(session, admin, user_id)
     username = session.scalar(select(User.username).where(User.id == user_id))
     if username is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, NO_SUCH_USER)
@@ -191,7 +193,7 @@ async def read_user(admin: Administrator, user_id: UserId) -> Account:
 )
 async def change_user(admin: Administrator, user_id: UserId, change: AccountChange) -> Account:
     """Change the role, disable or enable the account. A change of role, or disabling, ends all its sessions."""
-    account = await in_session(lambda session: change_account(session, user_id, change))
+    account = await in_session(lambda session: change_account(session, admin, user_id, change))
     changes = ", ".join(f"{name}={value}" for name, value in change.model_dump(exclude_none=True).items())
     log_action(admin, f"set {changes} on", user_id, account.username)
     return account
@@ -204,7 +206,7 @@ async def change_user(admin: Administrator, user_id: UserId, change: AccountChan
 )
 async def delete_user(admin: Administrator, user_id: UserId) -> None:
     """Delete the account and its sessions; the name is free again, and the id is never reused."""
-    username = await in_session(lambda session: delete_account(session, user_id))
+    username = await in_session(lambda session: delete_account(session, admin, user_id))
     log_action(admin, "deleted", user_id, username)
 
 
@@ -224,5 +226,5 @@ def live_sessions(session: Session, user_id: int) -> Sequence[SessionRow]:
 @router.delete("/users/{user_id}/sessions", status_code=status.HTTP_204_NO_CONTENT)
 async def end_user_sessions(admin: Administrator, user_id: UserId) -> None:
     """End every session of the user, on every device (ASVS 7.4.5); the account stays."""
-    username = await in_session(lambda session: end_sessions(session, user_id))
+    username = await in_session(lambda session: end_sessions(session, admin, user_id))
     log_action(admin, "ended every session of", user_id, username)

@@ -1,6 +1,7 @@
 """Sign up, log in for tokens, refresh them, take them back, and turn an access token into a user."""
 
 import functools
+import ipaddress
 import logging
 import re
 import secrets
@@ -235,9 +236,20 @@ async def in_login_session(work: Callable[[Session], T]) -> T:
     return await in_session(work, login_database_threads)
 
 
+# The longest address in text: IPv6 (45 characters) with a zone as Linux names its interfaces (% and 15 more).
+MAX_ADDRESS_LENGTH = 61
+
+
 def client_address(request: Request) -> str:
-    """The client's address, or with uvicorn --proxy-headers, the one the trusted proxy says (X-Forwarded-For)."""
-    return request.client.host if request.client else ""
+    """The client's address, or with uvicorn --proxy-headers, the one the trusted proxy says (X-Forwarded-For).
+
+    uvicorn passes that header on unchecked: what does not parse as an IP address is no address, "". Failed logins
+    from no address are throttled together, and a session from no address records none."""
+    host = request.client.host if request.client else ""
+    try:
+        return str(ipaddress.ip_address(host)) if len(host) <= MAX_ADDRESS_LENGTH else ""
+    except ValueError:
+        return ""
 
 
 class Client(BaseModel):
@@ -349,7 +361,10 @@ def refresh_session(session: Session, refresh_token: str, requested: list[str]) 
     if rotated is None:
         return None
     renewed, next_refresh_token = rotated
-    scopes = grant(requested, session_scopes(renewed.scopes, renewed.role).split())
+    still_allowed = set(ROLE_SCOPES.get(renewed.role, ()))  # the role as it is now, however it changed
+    scopes = grant(
+        requested, [name for name in session_scopes(renewed.scopes, renewed.role).split() if name in still_allowed]
+    )
     return issue_tokens(renewed.user_id, renewed.username, renewed.id, renewed.ends_at, next_refresh_token, scopes)
 
 
@@ -379,9 +394,10 @@ def verified_claims(token: str, key: str, algorithm: str) -> TokenClaims:
     return TokenClaims.model_validate(payload)
 
 
-# The user of a live session: a logout, a password change or a deleted account takes effect on the next request.
-SESSION_USERNAME = (
-    select(User.username)
+# The user of a live session, as the account is now: a logout, a password change, a deleted or disabled account, or a
+# role taken away by any means (the admin API, a database edit, a restore from backup) takes effect on the next request.
+SESSION_USER = (
+    select(User.username, User.role, User.disabled)
     .join(LoginSession, LoginSession.user_id == User.id)
     .where(LoginSession.id == bindparam("session_id"), User.id == bindparam("user_id"))
 )
@@ -393,8 +409,9 @@ oauth2_scheme = OAuth2PasswordBearer(tokenUrl="auth/token", auto_error=False, sc
 async def get_current_user(
     security_scopes: SecurityScopes, token: Annotated[str | None, Depends(oauth2_scheme)]
 ) -> SignedInUser:
-    """Accept only our own unexpired tokens, of a live session, for a user who still exists, and granted every scope
-    the route needs (FastAPI collects them in security_scopes). The scope check reads only the verified claims.
+    """Accept only our own unexpired tokens, of a live session, for a user who still exists, is enabled and whose
+    role still allows every scope the token carries, and granted every scope the route needs (FastAPI collects them
+    in security_scopes).
 
     An access token's `exp` is never later than its session's end, so a session that has run out needs no check
     of its own; one that has ended has no row. The one read skips the trip to a worker thread (fast_reads.py).
@@ -409,8 +426,11 @@ async def get_current_user(
         raise invalid_token() from None
     if claims.exp < time.time():
         raise invalid_token()
-    username = await fast_reads.read_value(SESSION_USERNAME, session_id=claims.sid, user_id=claims.id)
-    if username != claims.sub:
+    account = await fast_reads.read_row(SESSION_USER, session_id=claims.sid, user_id=claims.id)
+    if account is None:
+        raise invalid_token()
+    username, role, disabled = account
+    if username != claims.sub or disabled or not set(claims.scope.split()) <= set(ROLE_SCOPES.get(role, ())):
         raise invalid_token()
     if not set(security_scopes.scopes) <= set(claims.scope.split()):
         raise insufficient_scope(security_scopes.scope_str)

@@ -83,9 +83,12 @@ def fresh_database() -> None:
     database.Base.metadata.create_all(database.engine)
 
 
+CLIENT_ADDRESS = "192.0.2.1"  # RFC 5737's, for documentation
+
+
 @pytest.fixture
 def client() -> Iterator[TestClient]:
-    with TestClient(main.app) as client:
+    with TestClient(main.app, client=(CLIENT_ADDRESS, 50000)) as client:
         yield client
 
 
@@ -295,12 +298,12 @@ def start_server(*uvicorn_options, env=None, workdir=None):
     return serve(command, port, env or child_env(), workdir)
 
 
-def serve(python_arguments, port, env, workdir=None):
+def serve(python_arguments, port, env, workdir=None, python=sys.executable):
     """Run Python with these arguments until it answers on the port; a server that exits fails the test at once."""
     import httpx2
 
     server = subprocess.Popen(
-        [sys.executable, *python_arguments],
+        [python, *python_arguments],
         cwd=workdir or TEST_FOLDER,
         env=env,
         stdout=subprocess.PIPE,

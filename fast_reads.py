@@ -9,7 +9,7 @@ the answer comes. Any other database, and SQLite when it cannot answer at once, 
 import functools
 import logging
 import sqlite3
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVarTuple, cast
 
 from anyio import to_thread
 from sqlalchemy import Dialect, Engine, Select
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
 
 logger = logging.getLogger(__name__)
-V = TypeVar("V")
+Columns = TypeVarTuple("Columns")
 SQLITE_NAMED_PARAMETERS = sqlite.dialect(paramstyle="named")
 POSTGRES_CONNECTIONS = 5  # for these reads, in each process, besides the engine's pool
 # psycopg's pool waits longer between attempts to reconnect the longer the database is away (1, 2, 4 … 64 s after
@@ -36,8 +36,8 @@ sqlite_readers: dict[str, sqlite3.Connection] = {}
 postgres_pools: dict[Engine, "AsyncConnectionPool[AsyncConnection[Any]]"] = {}
 
 
-async def read_value(statement: Select[V], **params: Any) -> V | None:
-    """Read one value: on the event loop where that cannot wait, or awaited without blocking it.
+async def read_row(statement: Select[*Columns], **params: Any) -> tuple[*Columns] | None:
+    """Read one row: on the event loop where that cannot wait, or awaited without blocking it.
 
     An SQLite read in WAL mode never waits for the writer. The locks a reader would wait for (recovery after
     a crash, a truncating checkpoint, a connection in exclusive locking mode) make this read, which has no
@@ -55,14 +55,15 @@ async def read_value(statement: Select[V], **params: Any) -> V | None:
             if not database.sqlite_is_busy(error):
                 raise
         else:
-            return rows[0][0] if rows else None
+            return rows[0] if rows else None
     return await to_thread.run_sync(read_in_thread, statement, params)
 
 
-def read_in_thread(statement: Select[V], params: dict[str, Any]) -> V | None:
+def read_in_thread(statement: Select[*Columns], params: dict[str, Any]) -> tuple[*Columns] | None:
     """A plain connection, not an ORM session: a quarter of the time."""
     with database.engine.connect() as connection:
-        return connection.execute(statement, params).scalar()
+        row = connection.execute(statement, params).first()  # a Row unpacks as a tuple does
+        return cast(tuple[*Columns] | None, row)
 
 
 def sqlite_reader(path: str | None) -> sqlite3.Connection | None:
@@ -75,7 +76,7 @@ def sqlite_reader(path: str | None) -> sqlite3.Connection | None:
     return sqlite_readers[path]
 
 
-async def read_from_postgres(statement: Select[V], params: dict[str, Any]) -> V | None:
+async def read_from_postgres(statement: Select[*Columns], params: dict[str, Any]) -> tuple[*Columns] | None:
     """Errors come back as SQLAlchemy's, so that "away or busy" is a 503 here as everywhere."""
     import psycopg  # the postgres extra
 
@@ -85,7 +86,7 @@ async def read_from_postgres(statement: Select[V], params: dict[str, Any]) -> V 
             row = await (await connection.execute(sql, defaults | params)).fetchone()
     except psycopg.Error as error:
         raise DBAPIError.instance(sql, params, error, psycopg.Error) from error
-    return row[0] if row else None
+    return cast(tuple[*Columns] | None, row)
 
 
 async def postgres_pool() -> "AsyncConnectionPool[AsyncConnection[Any]]":

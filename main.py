@@ -137,7 +137,7 @@ A_TRIVIAL_READ = select(User.id).limit(1)
 )
 async def health() -> Health:
     """For load balancers, probes and monitors: 200 while the database answers a trivial read, else 503."""
-    await fast_reads.read_value(A_TRIVIAL_READ)
+    await fast_reads.read_row(A_TRIVIAL_READ)
     return Health()
 
 

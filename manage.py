@@ -11,14 +11,14 @@ import sys
 
 from fastapi import HTTPException
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 import database
 import migrate
 from models import User
-from passwords import password_context
+from passwords import fold, password_context
 from roles import ADMIN
 
 # auth warns as it is imported when SECRET_KEY is unset: this command signs no token, so the warning is not for it.
@@ -37,7 +37,7 @@ def refusal(error: ValidationError) -> str:
 
 def ask_password(from_stdin: bool) -> str:
     if from_stdin:
-        return sys.stdin.readline().rstrip("\n")
+        return sys.stdin.readline().rstrip("\r\n")  # a line ends with \n, or with \r\n on Windows
     password = getpass.getpass("Password for the new administrator: ")
     if getpass.getpass("The same password again: ") != password:
         raise SystemExit("The two passwords differ: nothing was changed")
@@ -56,6 +56,8 @@ def make_admin(username: str, password_from_stdin: bool) -> str:
         if (user_id := session.scalar(promote)) is not None:
             session.commit()
             return f"{name} (id {user_id}) is now an enabled administrator: they log in again to get the admin scope"
+        if taken := session.scalar(select(User.username).where(User.username_key == fold(name))):
+            raise SystemExit(f"{name}: the user {taken} has this name but for case; give that name")
     try:
         new = UserCreate(username=name, password=ask_password(password_from_stdin))
     except ValidationError as error:
@@ -63,8 +65,8 @@ def make_admin(username: str, password_from_stdin: bool) -> str:
     with database.SessionLocal() as session:
         try:
             user = add_user(session, new.username, password_context.hash(new.password), role=ADMIN)
-        except HTTPException:
-            raise SystemExit(f"{name}: a user whose name differs only by case exists; give that name") from None
+        except HTTPException:  # made meanwhile, by a sign-up
+            raise SystemExit(f"{name}: a user of this name, or of this name but for case, exists; try again") from None
     return f"Created {user.username} (id {user.id}) as an enabled administrator"
 
 
@@ -72,7 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     make = commands.add_parser("make-admin", help="make a user an administrator, creating it if it does not exist")
-    make.add_argument("username")
+    make.add_argument("username", help="a name that starts with - goes after --: make-admin -- -hal")
     make.add_argument("--password-stdin", action="store_true", help="read a new user's password from standard input")
     arguments = parser.parse_args()
     try:

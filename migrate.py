@@ -9,9 +9,11 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
-from alembic import command
+from alembic import command, op
 from alembic.config import Config
+from alembic.operations import BatchOperations
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, func, inspect, select
@@ -21,7 +23,8 @@ from config import settings
 
 logger = logging.getLogger(__name__)
 
-ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
+# The revisions, beside this module in the project folder and in an install alike (pyproject.toml ships them).
+MIGRATIONS = Path(__file__).with_name("migrations")
 RELEASE_1_0_0 = "4b1e1c6a9d01"
 RELEASE_1_1_0 = "9c0d3f5e2a17"
 # PostgreSQL's advisory locks are named by a number: any that no other program on the database uses.
@@ -31,8 +34,10 @@ SQLITE_MIGRATION_WAIT_MS = 10 * 60 * 1000
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
-    """Alembic's settings from alembic.ini, and the connection to migrate on, if the caller holds the lock."""
-    config = Config(ALEMBIC_INI)
+    """Alembic's settings, made here rather than read from alembic.ini, which only the `alembic` command in the
+    project folder reads; and the connection to migrate on, if the caller holds the lock."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
     return config
 
@@ -58,6 +63,39 @@ def migration_lock(engine: Engine) -> Iterator[Connection]:
         if sqlite:
             connection.exec_driver_sql("PRAGMA foreign_keys=ON")
             connection.exec_driver_sql(f"PRAGMA busy_timeout={settings.database_timeout_seconds * 1000}")
+
+
+@contextmanager
+def batch_alter_users(recreate: Literal["auto", "always"] = "auto") -> Iterator[BatchOperations]:
+    """Alembic's batch_alter_table for users, for every revision that alters it.
+
+    On SQLite, batch mode may copy the table, and a plain copy has no AUTOINCREMENT: SQLite would then hand the id
+    of a deleted user to the next one, and a token of the old account would open the new one. So the copy keeps
+    AUTOINCREMENT, and its sequence goes on from where it was, not from the highest id the copy holds.
+    """
+    bind = op.get_bind()
+    sqlite = bind.dialect.name == "sqlite"
+    last_id = bind.exec_driver_sql(LAST_USER_ID).scalar() if sqlite else None
+    with op.batch_alter_table("users", recreate=recreate, table_kwargs={"sqlite_autoincrement": True}) as batch_op:
+        yield batch_op
+    if sqlite:
+        set_user_id_sequence(max(last_id or 0, bind.exec_driver_sql(LAST_USER_ID).scalar() or 0))
+
+
+# The highest user id SQLite has handed out, or that anything still names: a user deleted by hand (the sqlite3
+# shell leaves foreign keys off) leaves sessions that name it.
+LAST_USER_ID = """SELECT max(
+    (SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'users'),
+    (SELECT coalesce(max(id), 0) FROM users),
+    (SELECT coalesce(max(user_id), 0) FROM sessions)
+)"""
+
+
+def set_user_id_sequence(last_id: int) -> None:
+    """On SQLite: the next user gets an id after last_id."""
+    bind = op.get_bind()
+    bind.exec_driver_sql("DELETE FROM sqlite_sequence WHERE name = 'users'")
+    bind.exec_driver_sql("INSERT INTO sqlite_sequence (name, seq) VALUES ('users', ?)", (last_id,))
 
 
 def release_before_alembic(connection: Connection) -> str | None:

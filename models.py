@@ -41,12 +41,15 @@ class LoginSession(Base):
 
 class SpentRefreshToken(Base):
     """A refresh token that was traded for a new one, kept while its session lives: if it comes back, someone
-    holds a copy, and the session ends (RFC 9700 §4.14.2). Any other string that names a session ends nothing."""
+    holds a copy, and the session ends (RFC 9700 §4.14.2). Any other string that names a session ends nothing.
+
+    Only a session's latest few are kept (sessions.SPENT_TOKENS_KEPT): an older one is unknown, and ends nothing."""
 
     __tablename__ = "spent_refresh_tokens"
 
     refresh_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    spent_at: Mapped[float | None]  # seconds since 1970; null for tokens spent before 1.3, the first to be forgotten
 
 
 class LoginFailure(Base):

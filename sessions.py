@@ -25,13 +25,15 @@ from roles import session_scopes
 SECONDS_PER_DAY = 86_400
 
 # Every refresh runs this UPDATE, built once. It matches only the current token of a session that has not run
-# out, so of several requests with one token exactly one wins, on SQLite and PostgreSQL alike.
+# out, of an account that exists and is enabled (whatever changed it: a database edit too), so of several requests
+# with one token exactly one wins, on SQLite and PostgreSQL alike.
 ROTATE = (
     update(LoginSession)
     .where(
         LoginSession.id == bindparam("session_id"),
         LoginSession.refresh_hash == bindparam("presented_hash"),
         LoginSession.ends_at > bindparam("now"),
+        exists().where(User.id == LoginSession.user_id, User.disabled.is_(False)),
     )
     .values(refresh_hash=bindparam("next_hash"), last_used_at=bindparam("now"))
     .returning(
@@ -45,7 +47,22 @@ ROTATE = (
 )
 
 
-SPEND = insert(SpentRefreshToken).values(refresh_hash=bindparam("presented_hash"), session_id=bindparam("session_id"))
+SPEND = insert(SpentRefreshToken).values(
+    refresh_hash=bindparam("presented_hash"), session_id=bindparam("session_id"), spent_at=bindparam("now")
+)
+# What a session keeps of its spent tokens: the latest few, whatever the number of refreshes. A copy stolen that long
+# ago is unknown: it gets invalid_grant like a made-up string, and ends nothing (and opens nothing).
+SPENT_TOKENS_KEPT = 16
+SPENT_IN_SESSION = SpentRefreshToken.session_id == bindparam("session_id")
+FORGET_OLDEST_SPENT = delete(SpentRefreshToken).where(
+    SPENT_IN_SESSION,
+    SpentRefreshToken.refresh_hash.not_in(
+        select(SpentRefreshToken.refresh_hash)
+        .where(SPENT_IN_SESSION)
+        .order_by(SpentRefreshToken.spent_at.desc().nulls_last())
+        .limit(SPENT_TOKENS_KEPT)
+    ),
+)
 
 # secrets.token_urlsafe(16) and (32): a string of any other shape is no id or token of ours, and reaches no query.
 SESSION_ID_SHAPE = re.compile(r"[A-Za-z0-9_-]{22}")
@@ -90,7 +107,7 @@ def start(
         "ends_at": ends_at,
         "refresh_hash": hashed(refresh_token),
         "scopes": scopes,
-        "client_address": client_address,
+        "client_address": client_address or None,
         "user_agent": user_agent,
     }
     still_holds = User.id == user.id, User.hashed_password == user.hashed_password, User.role == user.role
@@ -165,20 +182,15 @@ def rotate(
     presented_hash = hashed(refresh_token)
     next_token = new_refresh_token(session_id)
     connection = session.connection()
-    renewed = connection.execute(
-        ROTATE,
-        {
-            "session_id": session_id,
-            "presented_hash": presented_hash,
-            "now": time.time(),
-            "next_hash": hashed(next_token),
-        },
-    ).first()
+    now = time.time()
+    params = {"session_id": session_id, "presented_hash": presented_hash, "now": now, "next_hash": hashed(next_token)}
+    renewed = connection.execute(ROTATE, params).first()
     if renewed is None:
         spent = exists().where(SpentRefreshToken.refresh_hash == presented_hash)
         connection.execute(delete(LoginSession).where(LoginSession.id == session_id, spent))
     else:
-        connection.execute(SPEND, {"presented_hash": presented_hash, "session_id": session_id})
+        connection.execute(SPEND, params)
+        connection.execute(FORGET_OLDEST_SPENT, params)
     session.commit()
     return (renewed, next_token) if renewed else None
 

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 import admin
 import database
 import manage as manage_module
+import users
 from conftest import (
     PASSWORD,
     PROJECT,
@@ -455,7 +456,19 @@ def test_setting_what_is_already_set_ends_no_session(client):
     assert client.get("/", headers=bearer(alice["access_token"])).status_code == 200
 
 
-@pytest.mark.parametrize("body", [{}, {"role": "owner"}, {"disabled": "maybe"}, {"role": "user", "username": "x"}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"role": "owner"},
+        {"disabled": "maybe"},
+        {"disabled": "yes"},
+        {"disabled": 0},
+        {"role": "user", "username": "x"},
+        {"role": None, "disabled": None},
+        {"role": None, "disabled": True},
+    ],
+)
 def test_a_change_with_nothing_to_do_or_an_unknown_field_or_value_is_422(client, body):
     root = admin_tokens_for(client)
     sign_up(client)
@@ -463,6 +476,18 @@ def test_a_change_with_nothing_to_do_or_an_unknown_field_or_value_is_422(client,
     response = client.patch("/admin/users/2", json=body, headers=bearer(root["access_token"]))
 
     assert response.status_code == 422
+    assert response.json()["detail"][0]["msg"]
+    assert log_in(client).json()["scope"] == "me account"  # nothing changed
+
+
+def test_the_schema_of_a_change_allows_neither_null_nor_an_empty_change(client):
+    """What the schema allows, the route takes: a client generated from it never sends what gets 422."""
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["AccountChange"]
+
+    assert schema["minProperties"] == 1
+    assert schema["properties"]["role"]["enum"] == ["user", "admin"]
+    assert schema["properties"]["disabled"]["type"] == "boolean"
+    assert "anyOf" not in str(schema)  # no null alternative
 
 
 def test_deleting_an_account_frees_its_name_ends_its_sessions_and_never_reuses_its_id(client):
@@ -524,7 +549,7 @@ def test_two_administrators_demoting_each_other_at_once_leave_one(client, monkey
     root = admin_tokens_for(client)
     other = admin_tokens_for(client, "other")
     parked, may_finish = threading.Event(), threading.Event()
-    real_check = admin.refuse_if_no_administrator_left
+    real_check = users.refuse_if_no_administrator_left
 
     def check_then_park(session):
         real_check(session)
@@ -548,6 +573,160 @@ def test_two_administrators_demoting_each_other_at_once_leave_one(client, monkey
     assert second.result().status_code in (401, 409)  # its own session ended with its demotion, or 409
     with Session(database.engine) as session:
         assert session.execute(text("SELECT count(*) FROM users WHERE role = 'admin'")).scalar() == 1
+
+
+def delete_own_account(client, tokens):
+    return client.request("DELETE", "/users/me", json={"password": PASSWORD}, headers=bearer(tokens["access_token"]))
+
+
+def test_the_last_enabled_administrator_cannot_delete_their_own_account(client):
+    root = admin_tokens_for(client)
+    alice = tokens_for(client)
+
+    response = delete_own_account(client, root)
+
+    assert response.status_code == 409
+    assert response.json() == {"detail": users.LAST_ADMINISTRATOR}
+    assert log_in(client, "root").status_code == 200
+    assert delete_own_account(client, alice).status_code == 204  # a user's own deletion needs no administrator
+
+
+def test_an_administrator_with_another_one_may_delete_their_own_account(client):
+    root = admin_tokens_for(client)
+    admin_tokens_for(client, "other")
+
+    assert delete_own_account(client, root).status_code == 204
+    assert log_in(client, "root").status_code == 401
+
+
+def checked_then_changed_meanwhile(monkeypatch, checked, change):
+    """Run the request `checked` through its checks (token, password) to where it takes the lock, and park it there;
+    run the request `change` until it has counted the administrators, holding the lock; then let `checked` go on to
+    wait for that lock, and `change` commit. Return both answers."""
+    checked_at_lock, checked_may_go = threading.Event(), threading.Event()
+    change_counted, change_may_commit = threading.Event(), threading.Event()
+    real_check, real_lock = users.refuse_if_no_administrator_left, users.lock_accounts
+
+    def lock(session, *user_ids):
+        if not checked_at_lock.is_set():
+            checked_at_lock.set()
+            checked_may_go.wait(timeout=10)
+        real_lock(session, *user_ids)
+
+    def check_then_park(session):
+        real_check(session)
+        if not change_counted.is_set():
+            change_counted.set()
+            change_may_commit.wait(timeout=10)
+
+    for module in (admin, users):
+        monkeypatch.setattr(module, "lock_accounts", lock)
+        monkeypatch.setattr(module, "refuse_if_no_administrator_left", check_then_park)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(checked)
+        assert checked_at_lock.wait(timeout=10)
+        second = pool.submit(change)
+        assert change_counted.wait(timeout=10)
+        checked_may_go.set()
+        wait_until_blocked_or_done(first)
+        change_may_commit.set()
+        return first.result(timeout=30), second.result(timeout=30)
+
+
+def test_two_administrators_deleting_their_own_accounts_at_once_leave_one(client, monkeypatch):
+    root = admin_tokens_for(client)
+    other = admin_tokens_for(client, "other")
+
+    first, second = checked_then_changed_meanwhile(
+        monkeypatch, lambda: delete_own_account(client, root), lambda: delete_own_account(client, other)
+    )
+
+    assert (first.status_code, second.status_code) == (409, 204)
+    assert log_in(client, "root").json()["scope"] == "me account admin"
+    assert log_in(client, "other").status_code == 401
+
+
+def test_an_administrator_deleting_their_own_account_while_the_other_is_demoted_is_refused(client, monkeypatch):
+    root = admin_tokens_for(client)
+    other = admin_tokens_for(client, "other")
+
+    first, second = checked_then_changed_meanwhile(
+        monkeypatch,
+        lambda: delete_own_account(client, root),
+        lambda: client.patch("/admin/users/2", json={"role": "user"}, headers=bearer(root["access_token"])),
+    )
+
+    assert (first.status_code, second.status_code) == (409, 200)
+    assert log_in(client, "root").json()["scope"] == "me account admin"
+    assert client.get("/", headers=bearer(other["access_token"])).status_code == 401  # demoted: its sessions ended
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("PATCH", "/admin/users/3", {"disabled": True}),
+        ("DELETE", "/admin/users/3", None),
+        ("DELETE", "/admin/users/3/sessions", None),
+    ],
+)
+@pytest.mark.parametrize("taken_away", [{"role": "user"}, {"disabled": True}])
+def test_an_administrators_change_that_waited_while_they_were_demoted_or_disabled_changes_nothing(
+    client, monkeypatch, method, path, body, taken_away
+):
+    """This administrator's request is past the token check when the other administrator takes their right away;
+    it waits for that change's lock, then finds it has no right left."""
+    root = admin_tokens_for(client)
+    other = admin_tokens_for(client, "other")
+    alice = tokens_for(client)
+
+    first, second = checked_then_changed_meanwhile(
+        monkeypatch,
+        lambda: client.request(method, path, json=body, headers=bearer(other["access_token"])),
+        lambda: client.patch("/admin/users/2", json=taken_away, headers=bearer(root["access_token"])),
+    )
+
+    assert first.status_code == 401
+    assert second.status_code == 200
+    assert client.get("/", headers=bearer(alice["access_token"])).status_code == 200  # alice is untouched
+    assert log_in(client).status_code == 200
+
+
+# Rights as they are now, however they changed
+
+
+@pytest.mark.parametrize(
+    ("edit", "route"),
+    [
+        ("UPDATE users SET role = 'user' WHERE id = 1", "/admin/users"),
+        ("UPDATE users SET role = 'user' WHERE id = 1", "/"),
+        ("UPDATE users SET disabled = true WHERE id = 1", "/"),
+        ("UPDATE users SET role = 'owner' WHERE id = 1", "/"),  # a role this code does not know allows nothing
+    ],
+)
+def test_a_token_is_refused_once_its_users_role_or_flag_changed_by_any_means(client, edit, route):
+    """Not through the admin API, which ends the sessions too: an edit of the database, or a restore of a backup."""
+    root = admin_tokens_for(client)
+    assert client.get(route, headers=bearer(root["access_token"])).status_code == 200
+
+    with Session(database.engine) as session:
+        session.execute(text(edit))
+        session.commit()
+    response = client.get(route, headers=bearer(root["access_token"]))
+
+    assert response.status_code == 401
+    assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
+
+
+def test_a_token_with_only_the_scopes_the_role_still_allows_keeps_working(client):
+    root = admin_tokens_for(client)
+    reader = log_in_asking(client, "me", "root").json()
+
+    with Session(database.engine) as session:
+        session.execute(text("UPDATE users SET role = 'user' WHERE id = 1"))
+        session.commit()
+
+    assert client.get("/", headers=bearer(reader["access_token"])).status_code == 200
+    assert client.get("/", headers=bearer(root["access_token"])).status_code == 401
 
 
 # Every action is logged
@@ -624,7 +803,7 @@ def test_make_admin_asks_a_new_password_twice_without_echo(client, monkeypatch):
             "attackers try: choose another",
         ),
         ("root", "short", "Not a valid password: String should have at least 8 characters"),
-        ("ALICE", "a fine passphrase", "ALICE: a user whose name differs only by case exists; give that name"),
+        ("ALICE", None, "ALICE: the user alice has this name but for case; give that name"),
     ],
 )
 def test_make_admin_refuses_with_one_line_and_changes_nothing(client, username, password, message):
@@ -661,3 +840,42 @@ def test_make_admin_says_in_one_line_when_the_database_fails_after_opening(monke
 
     with pytest.raises(SystemExit, match=r"^Cannot use the database in DATABASE_URL: database is locked$"):
         manage_module.main()
+
+
+def test_make_admin_refuses_a_name_taken_but_for_case_before_asking_a_password(client, monkeypatch):
+    sign_up(client)
+    monkeypatch.setattr(getpass, "getpass", lambda prompt: pytest.fail("asked for a password"))
+
+    with pytest.raises(SystemExit, match=r"^ALICE: the user alice has this name but for case; give that name$"):
+        manage_module.make_admin("ALICE", password_from_stdin=False)
+
+
+def test_make_admin_refuses_a_name_taken_while_it_asked_for_the_password(client, monkeypatch):
+    def sign_up_meanwhile(prompt):
+        sign_up(client, "Root")
+        return "a fine passphrase"
+
+    monkeypatch.setattr(getpass, "getpass", sign_up_meanwhile)
+
+    with pytest.raises(
+        SystemExit, match=r"^root: a user of this name, or of this name but for case, exists; try again$"
+    ):
+        manage_module.make_admin("root", password_from_stdin=False)
+    assert count_rows(User) == 1
+
+
+def test_make_admin_reads_a_password_piped_with_a_windows_line_ending(client):
+    result = manage("make-admin", "root", "--password-stdin", stdin="a fine passphrase\r\n")
+
+    assert (result.returncode, result.stderr) == (0, "")
+    assert log_in(client, "root", "a fine passphrase").status_code == 200
+
+
+def test_make_admin_takes_a_name_that_starts_with_a_dash_after_two_dashes(client):
+    sign_up(client, "-hal")  # argparse alone would read -h and print its help
+
+    result = manage("make-admin", "--", "-hal")
+
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.startswith("-hal (id 1) is now an enabled administrator")
+    assert "make-admin -- -hal" in " ".join(manage("make-admin", "--help").stdout.split())

@@ -27,10 +27,12 @@ import database
 import main
 import migrate
 from conftest import (
+    CLIENT_ADDRESS,
     PASSWORD,
     PROJECT,
     TEST_DATABASE_URL,
     TEST_FOLDER,
+    admin_tokens_for,
     answer_from,
     child_env,
     count_rows,
@@ -39,11 +41,12 @@ from conftest import (
     refresh,
     run_python,
     sign_up,
+    sqlite_only,
     tokens_for,
 )
 from models import LoginSession
 
-RELEASES = {"1.0.0": "3b9f306", "1.1.0": "aeafda6"}
+RELEASES = {"1.0.0": "3b9f306", "1.1.0": "aeafda6", "1.2.0": "6c243dd"}
 SCRIPTS = ScriptDirectory.from_config(migrate.alembic_config())
 HEAD = SCRIPTS.get_current_head()
 
@@ -53,7 +56,7 @@ USE_THE_RELEASE = f"""
 import json
 from fastapi.testclient import TestClient
 import main
-with TestClient(main.app) as client:
+with TestClient(main.app, client=({CLIENT_ADDRESS!r}, 50000)) as client:
     for name in ("alice", "bob", "Alice"):
         assert client.post("/auth/", json={{"username": name, "password": {PASSWORD!r}}}).status_code == 201
     for _ in range(4):
@@ -127,6 +130,138 @@ def test_the_models_and_the_revisions_agree(empty_database):
     assert result.stdout == "No new upgrade operations detected.\n"
 
 
+def sqlite_definitions(path):
+    """Each table as SQLite defines it: its columns, keys and indexes, in no particular order, and AUTOINCREMENT."""
+    database = sqlite3.connect(path)
+    tables = database.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'table'"
+        " AND name NOT IN ('alembic_version', 'sqlite_sequence')"
+    ).fetchall()
+    definitions = {
+        name: {
+            "AUTOINCREMENT": "AUTOINCREMENT" in sql,
+            "columns": sorted(column[1:] for column in database.execute(f"PRAGMA table_info({name})")),
+            "foreign keys": sorted(key[2:] for key in database.execute(f"PRAGMA foreign_key_list({name})")),
+            "indexes": sorted(
+                (index[1], index[2], [column[2] for column in database.execute(f"PRAGMA index_info({index[1]})")])
+                for index in database.execute(f"PRAGMA index_list({name})")
+            ),
+        }
+        for name, sql in tables
+    }
+    database.close()
+    return definitions
+
+
+@sqlite_only
+def test_on_sqlite_the_revisions_make_the_tables_that_the_models_make_autoincrement_included(tmp_path):
+    """`alembic check` compares neither AUTOINCREMENT nor column order: a batch copy that loses it shows here."""
+    migrate.upgrade(database.make_engine(make_url(f"sqlite:///{tmp_path}/revisions.db")))
+    database.Base.metadata.create_all(database.make_engine(make_url(f"sqlite:///{tmp_path}/models.db")))
+
+    made_by_revisions = sqlite_definitions(tmp_path / "revisions.db")
+
+    assert made_by_revisions == sqlite_definitions(tmp_path / "models.db")
+    assert made_by_revisions["users"]["AUTOINCREMENT"]
+
+
+# What a user of 1.2.0 did: three accounts and a login each; carol deleted her own account.
+USE_RELEASE_1_2_0 = f"""
+import json
+from fastapi.testclient import TestClient
+import main
+tokens = {{}}
+with TestClient(main.app) as client:
+    for name in ("alice", "bob", "carol"):
+        assert client.post("/auth/", json={{"username": name, "password": {PASSWORD!r}}}).status_code == 201
+        tokens[name] = client.post("/auth/token", data={{"username": name, "password": {PASSWORD!r}}}).json()
+    gone = client.request(
+        "DELETE", "/users/me", json={{"password": {PASSWORD!r}}},
+        headers={{"Authorization": "Bearer " + tokens["carol"]["access_token"]}},
+    )
+    assert gone.status_code == 204
+print(json.dumps(tokens))
+"""
+
+
+@sqlite_only
+def test_a_release_1_2_0_database_gets_autoincrement_back_and_never_hands_an_id_out_twice(empty_database, monkeypatch):
+    """1.2.0 lost AUTOINCREMENT: bob deleted by hand with foreign keys off (the sqlite3 shell's default) leaves his
+    session, and the next bob got his id, and with it his old session."""
+    folder = release_folder("1.2.0")
+    result = run_python(USE_RELEASE_1_2_0, folder, DATABASE_URL=empty_database, PYTHONPATH=str(folder))
+    assert result.returncode == 0, result.stderr
+    made = json.loads(result.stdout)
+    path = str(make_url(empty_database).database)
+    by_hand = sqlite3.connect(path)
+    by_hand.execute("DELETE FROM users WHERE username = 'bob'")
+    by_hand.commit()
+    by_hand.close()
+    use_database(monkeypatch, empty_database)
+
+    migrate.upgrade(database.engine)
+
+    assert sqlite_definitions(path)["users"]["AUTOINCREMENT"]
+    with TestClient(main.app) as client:
+        new_bob = sign_up(client, "bob").json()
+        assert new_bob["id"] == 3  # past bob's id, which his session still names
+        assert client.get("/", headers={"Authorization": f"Bearer {made['bob']['access_token']}"}).status_code == 401
+        assert refresh(client, made["bob"]["refresh_token"]).status_code == 401
+        assert client.get("/", headers={"Authorization": f"Bearer {made['alice']['access_token']}"}).status_code == 200
+        assert sign_up(client, "dave").json()["id"] == 4
+        dave = log_in(client, "dave").json()
+        headers = {"Authorization": f"Bearer {dave['access_token']}"}
+        assert client.request("DELETE", "/users/me", json={"password": PASSWORD}, headers=headers).status_code == 204
+        assert sign_up(client, "erin").json()["id"] == 5  # not dave's 4
+
+
+def test_an_id_is_never_handed_out_twice_on_a_database_made_by_the_revisions(empty_database, monkeypatch):
+    use_database(monkeypatch, empty_database)
+    migrate.upgrade(database.engine)
+
+    with TestClient(main.app) as client:
+        tokens_for(client)
+        bob = tokens_for(client, "bob")
+        headers = {"Authorization": f"Bearer {bob['access_token']}"}
+        assert client.request("DELETE", "/users/me", json={"password": PASSWORD}, headers=headers).status_code == 204
+
+        assert sign_up(client, "carol").json()["id"] == 3
+
+
+def test_a_downgrade_below_roles_says_in_one_line_what_it_drops(client, caplog):
+    admin_tokens_for(client)
+    sign_up(client, "bob")
+    sign_up(client, "carol")
+    with Session(database.engine) as session:
+        session.execute(text("UPDATE users SET disabled = true WHERE username <> 'root'"))
+        session.commit()
+
+    with migrate.migration_lock(database.engine) as connection:
+        command.downgrade(migrate.alembic_config(connection), "c52a7e0b8f3d")
+    migrate.upgrade(database.engine)
+
+    assert next(record.getMessage() for record in caplog.records if record.levelname == "WARNING") == (
+        "Downgrading below e8a41b7c3d92 drops every role and disabled flag: 1 administrators become users "
+        "and 2 disabled accounts can log in again"
+    )
+
+
+def test_an_administrators_token_from_before_a_downgrade_and_upgrade_no_longer_acts_as_one(client):
+    """Every user comes back an enabled user; the token still says admin, and is refused."""
+    root = admin_tokens_for(client)
+    sign_up(client)
+
+    with migrate.migration_lock(database.engine) as connection:
+        command.downgrade(migrate.alembic_config(connection), migrate.RELEASE_1_1_0)
+    migrate.upgrade(database.engine)
+    response = client.patch(
+        "/admin/users/2", json={"role": "admin"}, headers={"Authorization": f"Bearer {root['access_token']}"}
+    )
+
+    assert response.status_code == 401
+    assert log_in(client).json()["scope"] == "me account"
+
+
 def test_an_empty_database_gets_every_revision_and_serves(empty_database, monkeypatch):
     use_database(monkeypatch, empty_database)
 
@@ -139,7 +274,7 @@ def test_an_empty_database_gets_every_revision_and_serves(empty_database, monkey
         }
 
 
-@pytest.mark.parametrize("version", RELEASES)
+@pytest.mark.parametrize("version", ["1.0.0", "1.1.0"])
 def test_a_database_made_by_an_earlier_release_keeps_every_row(version, empty_database, monkeypatch):
     made = run_release(version, empty_database)
     use_database(monkeypatch, empty_database)
@@ -147,7 +282,7 @@ def test_a_database_made_by_an_earlier_release_keeps_every_row(version, empty_da
     migrate.upgrade(database.engine)
 
     assert revision_of(database.engine) == HEAD
-    with TestClient(main.app) as client:
+    with TestClient(main.app, client=(CLIENT_ADDRESS, 50000)) as client:
         assert log_in(client, "alice").status_code == 200  # the old password
         assert log_in(client, "Alice").status_code == 200  # a name that differs only by case keeps its account
         assert log_in(client, "bob", "wrong password").status_code == 401  # the fifth failure

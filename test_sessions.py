@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 import auth
 import database
 import passwords
+import sessions
 from config import settings
 from conftest import PASSWORD, bearer, claims_for, count_rows, log_in, refresh, sign_up, signed, tokens_for
 from models import LoginSession, SpentRefreshToken, User
@@ -159,6 +160,20 @@ def test_revoking_a_spent_refresh_token_ends_nothing(client):
     assert revoke(client, tokens["refresh_token"]).status_code == 200
 
     assert greet(client, renewed) == 200
+
+
+def test_a_session_keeps_only_its_latest_spent_refresh_tokens_and_an_older_one_ends_nothing(client):
+    tokens = tokens_for(client)
+    spent = []
+    for _ in range(400):
+        spent.append(tokens["refresh_token"])
+        tokens = refresh(client, tokens["refresh_token"]).json()
+
+    assert count_rows(SpentRefreshToken) == sessions.SPENT_TOKENS_KEPT
+    assert refresh(client, spent[0]).status_code == 401  # too old to be known: refused, and ends nothing
+    assert greet(client, tokens) == 200
+    assert refresh(client, spent[-sessions.SPENT_TOKENS_KEPT]).status_code == 401  # the oldest kept: ends the session
+    assert greet(client, tokens) == 401
 
 
 def test_spent_refresh_tokens_are_kept_only_while_their_session_lives(client):

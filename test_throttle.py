@@ -16,7 +16,7 @@ import database
 import main
 import passwords
 from config import settings
-from conftest import answer_from, bearer, count_rows, log_in, run_python, sign_up, token_for
+from conftest import CLIENT_ADDRESS, answer_from, bearer, count_rows, log_in, run_python, sign_up, token_for
 from models import LoginFailure, User
 
 ATTACKER = ("203.0.113.7", 50000)
@@ -149,11 +149,11 @@ def test_zero_max_failures_turns_the_throttle_off(client, monkeypatch):
     assert count_rows(LoginFailure) == 0
 
 
-ANOTHER_INSTANCE = """
+ANOTHER_INSTANCE = f"""
 from fastapi.testclient import TestClient
 import main
-with TestClient(main.app) as client:
-    print(client.post("/auth/token", data={"username": "alice", "password": "correct horse"}).status_code)
+with TestClient(main.app, client=({CLIENT_ADDRESS!r}, 50000)) as client:
+    print(client.post("/auth/token", data={{"username": "alice", "password": "correct horse"}}).status_code)
 """
 
 

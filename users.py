@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import ColumnElement, and_, delete, exists, select, update
+from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 import sessions
@@ -29,6 +29,7 @@ from auth import (
 from database import in_session
 from models import LoginSession, User
 from passwords import HAS_USERNAME, NewPassword, StoredPassword, contains_username, hash_password
+from roles import ADMIN
 
 WRONG_PASSWORD = "The password is not correct"  # noqa: S105 (a message, not a password)
 NO_SUCH_SESSION = "No live session of yours has this id"
@@ -134,10 +135,44 @@ async def change_password(change: PasswordChange, user: AccountOwner, request: R
     await in_login_session(lambda session: save_password(session, user, verified_hash, hashed_password))
 
 
+# Never zero enabled administrators: every change that could leave none (the admin API's, and an administrator
+# deleting their own account) locks, writes, counts, and is refused with 409 if none is left.
+LAST_ADMINISTRATOR = "This would leave no enabled administrator: make another one first"
+ENABLED_ADMINISTRATOR = User.role == ADMIN, User.disabled.is_(False)
+
+
+def lock_accounts(session: Session, *user_ids: int) -> None:
+    """Lock the rows of every enabled administrator and of these users, in order of id, before any read or write.
+
+    Such changes then go one at a time, so two administrators demoting or deleting each other or themselves at once
+    cannot leave none; and a login of a changed user, which locks its row to start a session, waits for the change,
+    then sees it. SQLite has no row locks: there BEGIN IMMEDIATE takes the database's one write lock, so that what the
+    change reads next is what is there when it commits.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(text("BEGIN IMMEDIATE"))
+        return
+    locked = or_(User.id.in_(user_ids), and_(*ENABLED_ADMINISTRATOR))
+    session.execute(select(User.id).where(locked).order_by(User.id).with_for_update())
+
+
+def refuse_if_no_administrator_left(session: Session) -> None:
+    if not session.scalar(select(func.count()).where(*ENABLED_ADMINISTRATOR)):
+        session.rollback()
+        raise HTTPException(status.HTTP_409_CONFLICT, LAST_ADMINISTRATOR)
+
+
 def delete_user(session: Session, user: SignedInUser, verified_hash: str) -> None:
-    """Its sessions go with it (a foreign key). Ids are never handed out again, so no old token opens a new account."""
-    if session.execute(delete(User).where(still_verified(user, verified_hash)).returning(User.id)).first() is None:
+    """Its sessions go with it (a foreign key). Ids are never handed out again, so no old token opens a new account.
+    The last enabled administrator cannot go: as in the admin API, the same lock and the same count."""
+    lock_accounts(session, user.id)
+    deleted = session.execute(
+        delete(User).where(still_verified(user, verified_hash)).returning(User.role, User.disabled)
+    ).first()
+    if deleted is None:
         raise refuse_stale(session, user)
+    if deleted.role == ADMIN and not deleted.disabled:
+        refuse_if_no_administrator_left(session)
     session.commit()
 
 

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+import migrate
+
 # revision identifiers, used by Alembic.
 revision: str = "c52a7e0b8f3d"
 down_revision: str | Sequence[str] | None = "9c0d3f5e2a17"
@@ -35,7 +37,7 @@ def upgrade() -> None:
     with op.batch_alter_table("spent_refresh_tokens", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_spent_refresh_tokens_session_id"), ["session_id"], unique=False)
 
-    with op.batch_alter_table("users", schema=None) as batch_op:
+    with migrate.batch_alter_users() as batch_op:
         batch_op.add_column(sa.Column("username_key", sa.String(length=255), nullable=True))
 
     # Every name gets its key, NFKC and case-folded as the app folds it; of names that differ only by case, the
@@ -49,13 +51,13 @@ def upgrade() -> None:
             [{"user_id": user_id, "key": key} for key, user_id in keys.items()],
         )
 
-    with op.batch_alter_table("users", schema=None) as batch_op:
+    with migrate.batch_alter_users() as batch_op:
         batch_op.create_index(batch_op.f("ix_users_username_key"), ["username_key"], unique=True)
 
 
 def downgrade() -> None:
     """Downgrade schema."""
-    with op.batch_alter_table("users", schema=None) as batch_op:
+    with migrate.batch_alter_users() as batch_op:
         batch_op.drop_index(batch_op.f("ix_users_username_key"))
         batch_op.drop_column("username_key")
 
