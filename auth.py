@@ -48,7 +48,7 @@ from passwords import (
     refuse_if_hashing_is_full,
     verify_password,
 )
-from roles import ROLE_SCOPES, SCOPES, USER, Role, grant, session_scopes
+from roles import ROLE_SCOPE_SETS, ROLE_SCOPES, SCOPES, USER, Role, grant, session_scopes
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +182,11 @@ class TokenClaims(BaseModel):
     sid: str
     exp: int
     scope: str  # RFC 9068 §2.2.3; a token from before scopes has none, and is refused
+
+    @functools.cached_property
+    def scopes(self) -> frozenset[str]:
+        """Worked out once per token: the verified claims are kept (verified_claims below)."""
+        return frozenset(self.scope.split())
 
 
 class Detail(BaseModel):
@@ -430,9 +435,9 @@ async def get_current_user(
     if account is None:
         raise invalid_token()
     username, role, disabled = account
-    if username != claims.sub or disabled or not set(claims.scope.split()) <= set(ROLE_SCOPES.get(role, ())):
+    if username != claims.sub or disabled or not claims.scopes <= ROLE_SCOPE_SETS.get(role, frozenset()):
         raise invalid_token()
-    if not set(security_scopes.scopes) <= set(claims.scope.split()):
+    if not claims.scopes.issuperset(security_scopes.scopes):
         raise insufficient_scope(security_scopes.scope_str)
     return SignedInUser(id=claims.id, username=claims.sub, session_id=claims.sid)
 

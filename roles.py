@@ -16,6 +16,7 @@ SCOPES = {
     "admin": "Manage every account (administrators only)",
 }
 ROLE_SCOPES: dict[str, tuple[str, ...]] = {USER: ("me", "account"), ADMIN: ("me", "account", "admin")}
+ROLE_SCOPE_SETS = {role: frozenset(scopes) for role, scopes in ROLE_SCOPES.items()}  # for the check of every request
 
 
 def scope_text(scopes: tuple[str, ...] | list[str]) -> str:

@@ -132,7 +132,7 @@ def test_an_empty_secret_key_is_too_short(monkeypatch):
 
 
 def readme_configuration_table():
-    readme = (PROJECT / "README.md").read_text()
+    readme = (PROJECT / "docs" / "operations.md").read_text()
     section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
     return dict(re.findall(r"^\| `([A-Z_]+)` \| (.+?) \|", section, re.MULTILINE))
 

@@ -24,7 +24,7 @@ import anyio
 import bcrypt
 import pytest
 
-PROJECT = Path(__file__).resolve().parent
+PROJECT = Path(__file__).resolve().parent.parent  # the project folder: this file is in tests/
 TEST_DATABASE_URL = os.getenv("TEST_DATABASE_URL")
 if "AUTH_DEMO_TEST_FOLDER" not in os.environ:  # once a process, though pytest may run again in it (mutmut does)
     os.environ["AUTH_DEMO_TEST_FOLDER"] = tempfile.mkdtemp(prefix="auth-demo-tests-")
@@ -32,7 +32,8 @@ if "AUTH_DEMO_TEST_FOLDER" not in os.environ:  # once a process, though pytest m
     os.environ["DATABASE_URL"] = TEST_DATABASE_URL or f"sqlite:///{os.environ['AUTH_DEMO_TEST_FOLDER']}/test.db"
     os.environ["SECRET_KEY"] = "test-key-made-per-run-" + secrets.token_hex(16)
 TEST_FOLDER = os.environ["AUTH_DEMO_TEST_FOLDER"]
-os.chdir(TEST_FOLDER)
+INVOKED_IN = os.getcwd()
+os.chdir(TEST_FOLDER)  # while the app is imported below: it reads .env from the working folder
 os.environ["BCRYPT_ROUNDS"] = "4"
 for name in (
     "ALGORITHM",
@@ -61,6 +62,8 @@ import migrate
 import passwords
 from models import User
 
+os.chdir(INVOKED_IN)  # pytest finds the tests from where it was started, after this file is imported
+
 postgres_only = pytest.mark.skipif(
     not TEST_DATABASE_URL,
     reason="needs PostgreSQL: run with TEST_DATABASE_URL=postgresql://user:password@host/dbname "
@@ -69,6 +72,12 @@ postgres_only = pytest.mark.skipif(
 sqlite_only = pytest.mark.skipif(bool(TEST_DATABASE_URL), reason="checks SQLite settings")
 
 PASSWORD = "correct horse"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def in_the_test_folder() -> None:
+    """The tests run in the temporary folder too: nothing they start reads or writes the project's files."""
+    os.chdir(TEST_FOLDER)
 
 
 @pytest.fixture(scope="session", autouse=True)

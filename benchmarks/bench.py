@@ -1,4 +1,4 @@
-"""Measure the app on this machine: python bench.py [--quick] [--database-url postgresql://...]
+"""Measure the app on this machine: python benchmarks/bench.py [--quick] [--database-url postgresql://...]
 
 Starts the app with uvicorn on a free loopback port, in a temporary directory with its own
 SQLite file (or schemas of its own in the PostgreSQL database given) and a key made for this
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
-PROJECT = Path(__file__).resolve().parent
+PROJECT = Path(__file__).resolve().parent.parent  # the project folder: this file is in benchmarks/
 BARE_APP = """
 from fastapi import FastAPI
 
