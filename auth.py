@@ -143,6 +143,7 @@ class Token(BaseModel):
     expires_in: int = Field(description="Seconds until the access token expires", examples=[1800])
     refresh_token: str = Field(description="Trade it once for a new pair with grant_type=refresh_token")
     scope: str = Field(description="The scopes the access token was granted, space-separated", examples=["me account"])
+    session_ends_at: float = Field(exclude=True)  # never sent: the browser's cookie lives as long as the session
 
 
 class TokenForm(BaseModel):
@@ -343,7 +344,11 @@ def issue_tokens(
     }
     access_token = jwt.encode(claims, SECRET_KEY, algorithm=settings.algorithm)
     return Token(
-        access_token=access_token, expires_in=expires_at - issued_at, refresh_token=refresh_token, scope=scopes
+        access_token=access_token,
+        expires_in=expires_at - issued_at,
+        refresh_token=refresh_token,
+        scope=scopes,
+        session_ends_at=session_ends_at,
     )
 
 

@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     database_timeout_seconds: int = Field(
         5, ge=1, le=60, description="longest wait to connect or for a lock before answering 503"
     )
+    public_origin: str | None = Field(
+        None,
+        pattern=r"^https?://[^/?#\s]+$",
+        description="the browser page's origin (scheme://host[:port]) behind a proxy that rewrites Host; "
+        "unset: the request's own scheme and Host",
+    )
     host: str = Field("127.0.0.1", description="where python main.py listens")
     port: int = Field(8000, ge=1, le=65535, description="the port python main.py listens on")
 
@@ -56,6 +62,8 @@ def allowed_values(field: FieldInfo) -> str:
         *others, last = get_args(field.annotation)
         return f"{', '.join(others)} or {last}"
     bounds = {type(rule): rule for rule in field.metadata}
+    if any(getattr(rule, "pattern", None) for rule in field.metadata):
+        return "an origin, scheme://host[:port], such as https://auth.example.com"
     if MinLen in bounds:
         return f"at least {bounds[MinLen].min_length} characters"
     return f"a whole number from {bounds[Ge].ge} to {bounds[Le].le}"

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from sqlalchemy import select
@@ -19,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 import admin
 import auth
+import browser
 import database
 import fast_reads
 import migrate
@@ -58,14 +60,6 @@ app: FastAPI = FastAPIOffline(
     ),
     lifespan=lifespan,
 )
-for router in (auth.router, users.router, admin.router):
-    app.include_router(
-        router,
-        max_body_size=MAX_BODY_BYTES,
-        responses={
-            status.HTTP_413_CONTENT_TOO_LARGE: {"model": Detail, "description": f"Body over {MAX_BODY_BYTES} bytes"}
-        },
-    )
 
 
 @app.exception_handler(RequestValidationError)
@@ -139,6 +133,20 @@ async def health() -> Health:
     """For load balancers, probes and monitors: 200 while the database answers a trivial read, else 503."""
     await fast_reads.read_row(A_TRIVIAL_READ)
     return Health()
+
+
+# The routers come after GET / and /health, so that the most frequent requests find their route first.
+for router in (auth.router, browser.router, users.router, admin.router):
+    app.include_router(
+        router,
+        max_body_size=MAX_BODY_BYTES,
+        responses={
+            status.HTTP_413_CONTENT_TOO_LARGE: {"model": Detail, "description": f"Body over {MAX_BODY_BYTES} bytes"}
+        },
+    )
+# The browser page (browser.py): the HTML at /app, its stylesheet and module beside it.
+app.include_router(browser.page_router)
+app.mount("/app/files", StaticFiles(directory=browser.PAGE), name="page-files")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,8 @@ TARGETS = {
     "users_me_vs_bare": (0.5, None),
     "health_vs_bare": (0.5, None),
     "refresh_vs_login": (20, None),
+    "browser_login_vs_login": (0.8, 1.25),
+    "browser_refresh_vs_refresh": (0.7, None),
     "loop_stall": (None, 2),
     "enumeration_timing": (0.8, 1.25),
     "signup_errors": (0, 0),
@@ -83,6 +85,7 @@ class Connection:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.reader, self.writer = reader, writer
+        self.last_head = b""  # the head of the last answer, for its Set-Cookie
 
     @classmethod
     async def open(cls, port: int, from_address: str = "127.0.0.1") -> "Connection":
@@ -100,7 +103,7 @@ class Connection:
         """Send one request; return its status, its Retry-After (None if absent) and its body."""
         head = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}", *headers]
         self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
-        response_head = await self.reader.readuntil(b"\r\n\r\n")
+        response_head = self.last_head = await self.reader.readuntil(b"\r\n\r\n")
         length = re.search(rb"(?i)content-length: *(\d+)", response_head)
         retry_after = re.search(rb"(?i)retry-after: *(\d+)", response_head)
         response_body = await self.reader.readexactly(int(length.group(1)) if length else 0)
@@ -175,6 +178,22 @@ def refresh_request(refresh_token: str) -> Request:
     return "POST", "/auth/token", body, ("Content-Type: application/x-www-form-urlencoded",)
 
 
+def browser_log_in_request(username: str, password: str) -> Request:
+    body = json.dumps({"username": username, "password": password}).encode()
+    return "POST", "/auth/browser/login", body, ("Content-Type: application/json",)
+
+
+def browser_refresh_request(cookie: str) -> Request:
+    return "POST", "/auth/browser/refresh", b"", (f"Cookie: {cookie}",)
+
+
+def refresh_cookie(head: bytes) -> str:
+    """The browser's cookie from an answer's Set-Cookie, as the browser sends it back."""
+    found = re.search(rb"(?i)set-cookie: *([^;\r]+)", head)
+    assert found, head
+    return found.group(1).decode()
+
+
 async def tokens_for(port: int, username: str) -> dict[str, Any]:
     connection = await Connection.open(port)
     status, body = await connection.request(*log_in_request(username, PASSWORD))
@@ -189,18 +208,24 @@ async def token_for(port: int, username: str) -> str:
     return token
 
 
-async def refreshes_per_second(port: int, seconds: float, pause: float = 0) -> float:
+async def refreshes_per_second(port: int, seconds: float, pause: float = 0, browser: bool = False) -> float:
     """REFRESH_CLIENTS clients, each with a session of its own, refresh it back to back (or with a pause
-    between two refreshes), each time with the refresh token the last refresh gave."""
+    between two refreshes), each time with the refresh token the last refresh gave: in the body with the refresh
+    grant, or as a browser does, in the cookie."""
     sessions = [await tokens_for(port, "bench-user") for _ in range(REFRESH_CLIENTS)]
 
     async def client(refresh_token: str) -> int:
         connection = await Connection.open(port)
+        if browser:
+            await connection.request(*browser_log_in_request("bench-user", PASSWORD))
+            refresh_token = refresh_cookie(connection.last_head)
         refreshes, deadline = 0, time.perf_counter() + seconds
         while time.perf_counter() < deadline:
-            status, body = await connection.request(*refresh_request(refresh_token))
+            request = browser_refresh_request(refresh_token) if browser else refresh_request(refresh_token)
+            status, body = await connection.request(*request)
             assert status == 200, body
-            refresh_token, refreshes = json.loads(body)["refresh_token"], refreshes + 1
+            refresh_token = refresh_cookie(connection.last_head) if browser else json.loads(body)["refresh_token"]
+            refreshes += 1
             await asyncio.sleep(pause)
         connection.close()
         return refreshes
@@ -229,12 +254,14 @@ async def measure(app_port: int, bare_port: int, quick: bool) -> dict[str, Any]:
         await requests_per_second(port, 16, [request] * 500)
 
     login = log_in_request("bench-user", PASSWORD)
-    scaling, logins = [], []
+    browser_login = browser_log_in_request("bench-user", PASSWORD)
+    scaling, logins, browser_logins = [], [], []
     for _ in range(rounds):
         one = await requests_per_second(app_port, 1, [login] * (6 if quick else 10))
         eight = await requests_per_second(app_port, 8, [login] * (24 if quick else 48))
         scaling.append(eight / one)
         logins.append(eight)
+        browser_logins.append(await requests_per_second(app_port, 8, [browser_login] * (24 if quick else 48)))
 
     rates: dict[str, list[float]] = {name: [] for name in routes}
     p99s: dict[str, list[float]] = {name: [] for name in routes}
@@ -245,6 +272,7 @@ async def measure(app_port: int, bare_port: int, quick: bool) -> dict[str, Any]:
             p99s[name].append(p99)
 
     refreshes = await refreshes_per_second(app_port, 3 if quick else 6)
+    browser_refreshes = await refreshes_per_second(app_port, 3 if quick else 6, browser=True)
     greeting = routes["protected"][1]
     _, idle = await while_greeting(app_port, greeting, asyncio.sleep(2))
     half_the_capacity = REFRESH_CLIENTS / (refreshes / 2)  # the pause that makes a steady stream of writes
@@ -272,6 +300,10 @@ async def measure(app_port: int, bare_port: int, quick: bool) -> dict[str, Any]:
         "refreshes_per_second": round(refreshes, 1),
         "logins_per_second": round(statistics.median(logins), 2),
         "refresh_vs_login": round(refreshes / statistics.median(logins), 1),
+        "browser_logins_per_second": round(statistics.median(browser_logins), 2),
+        "browser_login_vs_login": median_ratio(browser_logins, logins),
+        "browser_refreshes_per_second": round(browser_refreshes, 1),
+        "browser_refresh_vs_refresh": round(browser_refreshes / refreshes, 2),
         "loop_stall": round(writing / idle, 1),
         "enumeration_timing": round(statistics.median(unknown) / statistics.median(known), 2),
         "login_ms_known_user": round(statistics.median(known) * 1000, 1),

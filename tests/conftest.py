@@ -44,6 +44,7 @@ for name in (
     "LOGIN_MAX_FAILURES",
     "LOGIN_WINDOW_SECONDS",
     "DATABASE_TIMEOUT_SECONDS",
+    "PUBLIC_ORIGIN",
     "HOST",
     "PORT",
 ):

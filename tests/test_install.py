@@ -38,7 +38,7 @@ def install_as_a_wheel(folder):
 LOCATIONS = "f('migrations').submodule_search_locations"
 
 
-def test_a_regular_install_serves_a_sign_up_a_login_and_the_greeting_from_an_empty_folder(tmp_path):
+def test_a_regular_install_serves_a_sign_up_a_login_the_greeting_and_the_page_from_an_empty_folder(tmp_path):
     python = install_as_a_wheel(tmp_path)
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -63,10 +63,13 @@ def test_a_regular_install_serves_a_sign_up_a_login_and_the_greeting_from_an_emp
         signed_up = httpx2.post(f"{base_url}/auth/", json={"username": "alice", "password": PASSWORD})
         tokens = httpx2.post(f"{base_url}/auth/token", data={"username": "alice", "password": PASSWORD}).json()
         greeting = httpx2.get(f"{base_url}/", headers=bearer(tokens["access_token"]))
+        page = [httpx2.get(f"{base_url}{path}") for path in ("/app", "/app/files/app.js", "/app/files/app.css")]
     finally:
         log = stop_server(server)
 
     assert signed_up.json() == {"id": 1, "username": "alice"}
     assert greeting.json() == {"message": "Hello, alice with ID: 1!"}
+    assert [answer.status_code for answer in page] == [200] * 3  # the browser page ships with the package
+    assert "navigator.locks" in page[1].text
     assert "Upgrading the database from revision none (empty)" in log
     assert (empty / "auth.db").exists()  # the default DATABASE_URL, in the folder it runs in
