@@ -10,12 +10,12 @@ import unicodedata
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
+import jwt
 from anyio import CapacityLimiter
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response, Security, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import OAuth2PasswordBearer, SecurityScopes
-from jose import JWTError, jwt
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -31,9 +31,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import fast_reads
+import keys
 import sessions
 import throttle
-from config import MAKE_KEY, settings
+from config import settings
 from database import in_session
 from models import LoginSession, User
 from passwords import (
@@ -53,15 +54,9 @@ from roles import ROLE_SCOPE_SETS, ROLE_SCOPES, SCOPES, USER, Role, grant, sessi
 logger = logging.getLogger(__name__)
 
 
-def make_random_key() -> str:
-    logger.warning(
-        "SECRET_KEY is not set: using a random key, so tokens stop working when the app restarts; "
-        f"put a key in .env with: {MAKE_KEY}"
-    )
-    return secrets.token_hex(32)
-
-
-SECRET_KEY = settings.secret_key or make_random_key()
+# RFC 9068's client_id: the first-party clients (the page, scripts, /docs) share one, since none registers.
+CLIENT_ID = "fastapi-jwt-auth-demo"
+ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 (a kind of token, not a secret); RFC 9068 §2.1: the JWT header's typ, so that no other kind of JWT passes as one
 
 T = TypeVar("T")
 
@@ -326,15 +321,18 @@ async def check_password(address: str, username: str, password: str) -> User | N
 def issue_tokens(
     user_id: int, username: str, session_id: str, session_ends_at: float, refresh_token: str, scopes: str
 ) -> Token:
-    """An access token that ends with its session at the latest and carries its scopes, and the session's refresh
-    token.
+    """An access token as RFC 9068 describes one, signed with the current key, that ends with its session at the
+    latest and carries its scopes; and the session's refresh token. Called on a worker thread (keys may be read).
 
     `jti` tells apart two access tokens issued in the same second, so that a refresh never hands back the same one.
     """
     issued_at = int(time.time())
     expires_at = min(issued_at + settings.access_token_expire_minutes * 60, int(session_ends_at))
     claims = {
+        "iss": settings.token_issuer,
+        "aud": settings.token_audience,
         "sub": username,
+        "client_id": CLIENT_ID,
         "id": user_id,
         "sid": session_id,
         "iat": issued_at,
@@ -342,7 +340,9 @@ def issue_tokens(
         "jti": secrets.token_urlsafe(8),
         "scope": scopes,
     }
-    access_token = jwt.encode(claims, SECRET_KEY, algorithm=settings.algorithm)
+    kid, signing_key = keys.for_signing()
+    headers = {"kid": kid, "typ": ACCESS_TOKEN_TYPE}
+    access_token = jwt.encode(claims, signing_key, algorithm=settings.algorithm, headers=headers)
     return Token(
         access_token=access_token,
         expires_in=expires_at - issued_at,
@@ -386,8 +386,8 @@ def invalid_token() -> HTTPException:
     return unauthorized(f'Bearer error="invalid_token", error_description="{CREDENTIALS_REFUSED}"')
 
 
-# A compact JWS of base64url characters, and short: python-jose skips other characters inside a signature, so one
-# real token would otherwise verify in endless spellings, each kept by the cache below. Ours are about 300 bytes.
+# A compact JWS of base64url characters, and short: nothing else is decoded, or kept by the caches below. Ours are
+# about 500 bytes.
 ACCESS_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 MAX_TOKEN_LENGTH = 2048
 
@@ -397,11 +397,44 @@ def has_access_token_shape(token: str) -> bool:
 
 
 @functools.lru_cache(maxsize=4096)
-def verified_claims(token: str, key: str, algorithm: str) -> TokenClaims:
-    """Check a token's signature and algorithm once, and keep the answer: the same string always carries the same
-    signature. `exp` is checked again on every use, and the session on every request: neither is kept."""
-    payload = jwt.decode(token, key, algorithms=[algorithm], options={"require_exp": True})
+def key_id(token: str) -> str | None:
+    """The kid of a token's header, if it has the header of one of our access tokens (typ at+jwt)."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError:
+        return None
+    kid = header.get("kid")
+    return kid if header.get("typ") == ACCESS_TOKEN_TYPE and isinstance(kid, str) else None
+
+
+@functools.lru_cache(maxsize=4096)
+def verified_claims(token: str, key: jwt.PyJWK) -> TokenClaims:
+    """Check a token's signature once, with the key its kid names and that key's algorithm (never the one the token
+    says), its issuer and its audience, and keep the answer: the same string always carries the same signature.
+    `exp` is checked again on every use, and the key and the session on every request: none of them is kept."""
+    payload = jwt.decode(
+        token,
+        key,
+        algorithms=[key.algorithm_name],
+        audience=settings.token_audience,
+        issuer=settings.token_issuer,
+        # exp is checked on every use instead (get_current_user), against the app's own clock, not once here.
+        options={"require": ["exp", "iat", "iss", "aud", "sub", "jti"], "verify_exp": False, "verify_iat": False},
+    )
     return TokenClaims.model_validate(payload)
+
+
+async def claims_of(token: str) -> TokenClaims | None:
+    """The verified claims of one of our access tokens, expired or not; None for anything else. The key is looked up
+    by kid among the published keys: a token signed by a key that was revoked, or never ours, has none."""
+    kid = key_id(token) if has_access_token_shape(token) else None
+    key = await keys.verifying_key(kid) if kid else None
+    if key is None:
+        return None
+    try:
+        return verified_claims(token, key)
+    except (jwt.InvalidTokenError, ValidationError):
+        return None
 
 
 # The user of a live session, as the account is now: a logout, a password change, a deleted or disabled account, or a
@@ -428,13 +461,8 @@ async def get_current_user(
     """
     if not token:
         raise unauthorized("Bearer")
-    if not has_access_token_shape(token):
-        raise invalid_token()
-    try:
-        claims = verified_claims(token, SECRET_KEY, settings.algorithm)
-    except (JWTError, ValidationError):
-        raise invalid_token() from None
-    if claims.exp < time.time():
+    claims = await claims_of(token)
+    if claims is None or claims.exp < time.time():
         raise invalid_token()
     account = await fast_reads.read_row(SESSION_USER, session_id=claims.sid, user_id=claims.id)
     if account is None:
@@ -454,18 +482,6 @@ def insufficient_scope(needed: str) -> HTTPException:
         f"This route needs the scope {needed!r}, which this token was not granted",
         headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{needed}"'},
     )
-
-
-def signed_session_id(token: str) -> str | None:
-    """The session an access token signed by us names, even if it has expired."""
-    if not has_access_token_shape(token):
-        return None
-    try:
-        claims = jwt.decode(token, SECRET_KEY, algorithms=[settings.algorithm], options={"verify_exp": False})
-    except JWTError:
-        return None
-    session_id = claims.get("sid")
-    return session_id if isinstance(session_id, str) else None
 
 
 # Who may call a route: the holder of any valid token, or of one granted the scope named.
@@ -606,6 +622,6 @@ async def revoke(form: Annotated[RevokeForm, Form()]) -> Response:
         return oauth_error(status.HTTP_400_BAD_REQUEST, "invalid_request", "token is required")
     if sessions.session_id_of(token):
         await in_login_session(lambda session: sessions.end_by_refresh_token(session, token))
-    elif session_id := signed_session_id(token):
-        await in_login_session(lambda session: sessions.end(session, session_id))
+    elif claims := await claims_of(token):  # one of our access tokens, even an expired one
+        await in_login_session(lambda session: sessions.end(session, claims.sid))
     return Response()

@@ -17,9 +17,25 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
     secret_key: str | None = Field(
-        None, min_length=32, repr=False, description="the key that signs tokens; unset: a random key per process"
+        None,
+        min_length=32,
+        repr=False,
+        description="the key that encrypts the signing keys at rest; unset: a random key per process",
     )
-    algorithm: Literal["HS256", "HS384", "HS512"] = Field("HS256", description="how tokens are signed with the key")
+    algorithm: Literal["ES256", "RS256"] = Field(
+        "ES256", description="how access tokens are signed: ES256, or RS256 for clients that need it"
+    )
+    token_issuer: str = Field(
+        "http://127.0.0.1:8000",
+        min_length=1,
+        description="every access token's iss: the URL clients reach the app at, as /.well-known documents it",
+    )
+    token_audience: str = Field(
+        "fastapi-jwt-auth-demo", min_length=1, description="every access token's aud: the services that accept it"
+    )
+    signing_key_cache_seconds: int = Field(
+        300, ge=1, le=86_400, description="how long a process keeps the signing keys it read; the JWKS's max-age"
+    )
     access_token_expire_minutes: int = Field(
         30, ge=1, le=525_600, description="how long an access token lives, in minutes"
     )

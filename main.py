@@ -23,6 +23,7 @@ import auth
 import browser
 import database
 import fast_reads
+import keys
 import migrate
 import users
 from auth import BAD_TOKEN_RESPONSE, BUSY_RESPONSE, SCOPE_RESPONSE, Detail, Reader
@@ -40,6 +41,7 @@ MAX_BODY_BYTES = 4096
 # Before the app is made, and not in its lifespan: an error here stops start-up with one line, where Starlette
 # would print a whole traceback for the same error raised in the lifespan.
 migrate.upgrade_or_exit(database.engine)
+keys.read_again()  # the signing keys, made on the first start
 
 
 @asynccontextmanager
@@ -136,7 +138,7 @@ async def health() -> Health:
 
 
 # The routers come after GET / and /health, so that the most frequent requests find their route first.
-for router in (auth.router, browser.router, users.router, admin.router):
+for router in (auth.router, browser.router, users.router, admin.router, keys.router):
     app.include_router(
         router,
         max_body_size=MAX_BODY_BYTES,

@@ -1,4 +1,4 @@
-"""The command line for an operator: `python manage.py make-admin USERNAME`.
+"""The command line for an operator: make an administrator, and list, rotate or revoke the signing keys.
 
 It works on the database in DATABASE_URL, with the settings the app reads, while the server runs or not: nobody
 edits the database by hand, and no administrator's password sits in a setting.
@@ -8,6 +8,7 @@ import argparse
 import getpass
 import logging
 import sys
+from collections.abc import Callable
 
 from fastapi import HTTPException
 from pydantic import TypeAdapter, ValidationError
@@ -21,11 +22,12 @@ from models import User
 from passwords import fold, password_context
 from roles import ADMIN
 
-# auth warns as it is imported when SECRET_KEY is unset: this command signs no token, so the warning is not for it.
-logging.getLogger("auth").disabled = True
+# keys warns as it is imported when SECRET_KEY is unset: these commands say so themselves where it matters.
+logging.getLogger("keys").disabled = True
+import keys  # noqa: E402
 from auth import UserCreate, Username, add_user  # noqa: E402
 
-logging.getLogger("auth").disabled = False
+logging.getLogger("keys").disabled = False
 
 
 def refusal(error: ValidationError) -> str:
@@ -70,15 +72,42 @@ def make_admin(username: str, password_from_stdin: bool) -> str:
     return f"Created {user.username} (id {user.id}) as an enabled administrator"
 
 
+def change_keys(change: Callable[[Session], str]) -> str:
+    """A change of the signing keys: it encrypts a new private key with SECRET_KEY, which must be the app's."""
+    if not keys.SECRET_KEY_IS_SET:
+        raise SystemExit("SECRET_KEY is not set: the keys are encrypted with it; set the app's SECRET_KEY first")
+    migrate.upgrade_or_exit(database.engine)
+    with database.SessionLocal() as session:
+        keys.ensure(session)
+        return change(session)
+
+
+def list_keys() -> str:
+    migrate.upgrade_or_exit(database.engine)
+    with database.SessionLocal() as session:
+        return keys.listing(session) or "No signing keys yet: the app makes them as it starts"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     make = commands.add_parser("make-admin", help="make a user an administrator, creating it if it does not exist")
     make.add_argument("username", help="a name that starts with - goes after --: make-admin -- -hal")
     make.add_argument("--password-stdin", action="store_true", help="read a new user's password from standard input")
+    commands.add_parser("keys", help="list the signing keys: kid, algorithm, state and since when")
+    commands.add_parser("rotate-keys", help="next becomes current, current previous; a new next; the old previous goes")
+    revoke = commands.add_parser("revoke-key", help="drop a leaked key at once (a current one is replaced by next)")
+    revoke.add_argument("kid")
     arguments = parser.parse_args()
     try:
-        print(make_admin(arguments.username, arguments.password_stdin))
+        if arguments.command == "make-admin":
+            print(make_admin(arguments.username, arguments.password_stdin))
+        elif arguments.command == "keys":
+            print(list_keys())
+        elif arguments.command == "rotate-keys":
+            print(change_keys(keys.rotate))
+        else:
+            print(change_keys(lambda session: keys.revoke(session, arguments.kid)))
     except OperationalError as error:
         raise SystemExit(f"Cannot use the database in DATABASE_URL: {error.orig}") from None
 

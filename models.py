@@ -62,3 +62,16 @@ class LoginFailure(Base):
     client_address: Mapped[str] = mapped_column(String(255))
     username: Mapped[str] = mapped_column(String(64))
     failed_at: Mapped[float] = mapped_column(index=True)  # seconds since 1970 (time.time()), the same in every zone
+
+
+class SigningKey(Base):
+    """A key pair that signs access tokens (current), will (next) or did and still verifies (previous): keys.py."""
+
+    __tablename__ = "signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)  # its RFC 7638 thumbprint
+    algorithm: Mapped[str] = mapped_column(String(8))  # ES256 or RS256
+    state: Mapped[str] = mapped_column(String(8))  # next, current or previous
+    since: Mapped[float]  # when it took its state, seconds since 1970
+    public_jwk: Mapped[str] = mapped_column(String(2048))  # as the JWKS publishes it
+    encrypted_private_key: Mapped[bytes]  # AES-GCM, with a key derived from SECRET_KEY: a nonce, then the ciphertext

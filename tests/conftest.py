@@ -17,7 +17,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
@@ -37,6 +36,9 @@ os.chdir(TEST_FOLDER)  # while the app is imported below: it reads .env from the
 os.environ["BCRYPT_ROUNDS"] = "4"
 for name in (
     "ALGORITHM",
+    "TOKEN_ISSUER",
+    "TOKEN_AUDIENCE",
+    "SIGNING_KEY_CACHE_SECONDS",
     "ACCESS_TOKEN_EXPIRE_MINUTES",
     "REFRESH_TOKEN_EXPIRE_DAYS",
     "MAX_SESSIONS_PER_USER",
@@ -50,14 +52,14 @@ for name in (
 ):
     os.environ.pop(name, None)
 
+import jwt
 from fastapi.testclient import TestClient
-from jose import jwt
 from sqlalchemy import func, make_url, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-import auth
 import database
 import fast_reads
+import keys
 import main
 import migrate
 import passwords
@@ -89,8 +91,10 @@ def own_connections() -> None:
 
 @pytest.fixture(autouse=True)
 def fresh_database() -> None:
+    """Empty tables, and signing keys made anew in them, as the app makes them on its first start."""
     database.Base.metadata.drop_all(database.engine)
     database.Base.metadata.create_all(database.engine)
+    keys.read_again()
 
 
 CLIENT_ADDRESS = "192.0.2.1"  # RFC 5737's, for documentation
@@ -185,14 +189,36 @@ def count_rows(model):
         return session.scalar(select(func.count()).select_from(model))
 
 
+def unverified_claims(token):
+    return jwt.decode(token, options={"verify_signature": False})
+
+
 def claims_for(token, **changes):
     """The claims of a real token, with some changed (None leaves one out), for a token we sign ourselves."""
-    claims = {**jwt.get_unverified_claims(token), "exp": datetime.now(UTC) + timedelta(minutes=5), **changes}
+    claims = {**unverified_claims(token), "exp": int(time.time()) + 300, **changes}
     return {name: value for name, value in claims.items() if value is not None}
 
 
-def signed(claims, key=None, algorithm="HS256"):
-    return jwt.encode(claims, key or auth.SECRET_KEY, algorithm=algorithm)
+def verified(client, token):
+    """The claims of a token, verified as another service verifies them: with the key the JWKS publishes for its
+    kid, that key's algorithm, and the app's issuer and audience."""
+    published = client.get("/.well-known/jwks.json").json()["keys"]
+    [key] = [jwt.PyJWK(jwk) for jwk in published if jwk["kid"] == jwt.get_unverified_header(token)["kid"]]
+    return jwt.decode(
+        token,
+        key,
+        algorithms=[key.algorithm_name],
+        audience="fastapi-jwt-auth-demo",
+        issuer="http://127.0.0.1:8000",
+    )
+
+
+def signed(claims, key=None, algorithm=None, **header):
+    """A token signed as the app signs, with the current key and its kid, unless told otherwise (None leaves a
+    header field out)."""
+    kid, signing_key = keys.for_signing()
+    headers = {name: value for name, value in {"kid": kid, "typ": "at+jwt", **header}.items() if value is not None}
+    return jwt.encode(claims, signing_key if key is None else key, algorithm=algorithm or "ES256", headers=headers)
 
 
 def sign_up(client, username="alice", password=PASSWORD):

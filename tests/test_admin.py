@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 import pytest
-from jose import jwt
 from sqlalchemy import event, insert, text, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -30,6 +29,7 @@ from conftest import (
     run_python,
     sign_up,
     tokens_for,
+    unverified_claims,
     wait_until_blocked_or_done,
 )
 from models import LoginSession, User
@@ -42,7 +42,7 @@ def log_in_asking(client, scope, username="alice"):
 
 
 def scopes_in(access_token):
-    return jwt.get_unverified_claims(access_token)["scope"]
+    return unverified_claims(access_token)["scope"]
 
 
 def assert_insufficient_scope(response, needed):

@@ -11,7 +11,7 @@ import config
 from conftest import PROJECT, TEST_FOLDER, run_python
 
 KEY_FROM_ENV_FILE = "key-from-a-dot-env-file-" + "k" * 16
-SHOW_SETTINGS = "import auth; print(auth.SECRET_KEY, auth.settings.access_token_expire_minutes)"
+SHOW_SETTINGS = "import keys; print(keys.SECRET_KEY, keys.settings.access_token_expire_minutes)"
 
 
 def folder_with_env_file(text):
@@ -81,14 +81,18 @@ def test_several_bad_settings_give_one_line_each():
     assert result.stderr.splitlines() == [
         "SECRET_KEY must be at least 32 characters; make one with: "
         "echo \"SECRET_KEY=$(python -c 'import secrets; print(secrets.token_hex(32))')\" >> .env",
-        "ALGORITHM must be HS256, HS384 or HS512, not 'none'; change it in the environment or in .env",
+        "ALGORITHM must be ES256 or RS256, not 'none'; change it in the environment or in .env",
         "PORT must be a whole number from 1 to 65535, not '0'; change it in the environment or in .env",
     ]
 
 
 EDGES = [
     ("SECRET_KEY", "k" * 32, "k" * 31),
-    ("ALGORITHM", "HS512", "RS256"),
+    ("ALGORITHM", "RS256", "HS256"),
+    ("TOKEN_ISSUER", "i", ""),
+    ("TOKEN_AUDIENCE", "a", ""),
+    ("SIGNING_KEY_CACHE_SECONDS", "1", "0"),
+    ("SIGNING_KEY_CACHE_SECONDS", "86400", "86401"),
     ("ACCESS_TOKEN_EXPIRE_MINUTES", "1", "0"),
     ("ACCESS_TOKEN_EXPIRE_MINUTES", "525600", "525601"),
     ("REFRESH_TOKEN_EXPIRE_DAYS", "1", "0"),
@@ -121,7 +125,7 @@ def test_every_bound_holds_at_its_edge_and_refuses_one_past_it(monkeypatch, vari
 
     [line] = str(stopped.value).splitlines()
     assert line.startswith(f"{variable} must be ")
-    assert (past_the_edge in line) is (variable != "SECRET_KEY")
+    assert (repr(past_the_edge) in line) is (variable != "SECRET_KEY")
 
 
 def test_an_empty_secret_key_is_too_short(monkeypatch):
@@ -191,6 +195,6 @@ def test_each_bad_setting_is_explained_in_one_whole_line(monkeypatch):
     assert str(stopped.value) == (
         "SECRET_KEY must be at least 32 characters; make one with: "
         "echo \"SECRET_KEY=$(python -c 'import secrets; print(secrets.token_hex(32))')\" >> .env\n"
-        "ALGORITHM must be HS256, HS384 or HS512, not 'none'; change it in the environment or in .env\n"
+        "ALGORITHM must be ES256 or RS256, not 'none'; change it in the environment or in .env\n"
         "BCRYPT_ROUNDS must be a whole number from 4 to 31, not 'many'; change it in the environment or in .env"
     )

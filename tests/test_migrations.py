@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2
+import jwt
 import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
@@ -24,6 +25,7 @@ from sqlalchemy import MetaData, event, func, make_url, select, text
 from sqlalchemy.orm import Session
 
 import database
+import keys
 import main
 import migrate
 from conftest import (
@@ -207,12 +209,39 @@ def test_a_release_1_2_0_database_gets_autoincrement_back_and_never_hands_an_id_
         assert new_bob["id"] == 3  # past bob's id, which his session still names
         assert client.get("/", headers={"Authorization": f"Bearer {made['bob']['access_token']}"}).status_code == 401
         assert refresh(client, made["bob"]["refresh_token"]).status_code == 401
-        assert client.get("/", headers={"Authorization": f"Bearer {made['alice']['access_token']}"}).status_code == 200
         assert sign_up(client, "dave").json()["id"] == 4
         dave = log_in(client, "dave").json()
         headers = {"Authorization": f"Bearer {dave['access_token']}"}
         assert client.request("DELETE", "/users/me", json={"password": PASSWORD}, headers=headers).status_code == 204
         assert sign_up(client, "erin").json()["id"] == 5  # not dave's 4
+
+
+def test_on_a_release_1_2_0_database_hs256_tokens_are_refused_and_their_refresh_tokens_refresh_into_es256_ones(
+    empty_database, monkeypatch
+):
+    folder = release_folder("1.2.0")
+    result = run_python(USE_RELEASE_1_2_0, folder, DATABASE_URL=empty_database, PYTHONPATH=str(folder))
+    assert result.returncode == 0, result.stderr
+    alice = json.loads(result.stdout)["alice"]
+    use_database(monkeypatch, empty_database)
+
+    migrate.upgrade(database.engine)
+    keys.read_again()
+
+    assert jwt.get_unverified_header(alice["access_token"])["alg"] == "HS256"
+    with TestClient(main.app) as client:
+        old = client.get("/", headers={"Authorization": f"Bearer {alice['access_token']}"})
+        renewed = refresh(client, alice["refresh_token"])
+        published = client.get("/.well-known/jwks.json").json()["keys"]
+        greeting = client.get("/", headers={"Authorization": f"Bearer {renewed.json()['access_token']}"})
+
+    assert old.status_code == 401
+    assert 'error="invalid_token"' in old.headers["WWW-Authenticate"]
+    assert renewed.status_code == 200
+    header = jwt.get_unverified_header(renewed.json()["access_token"])
+    assert (header["alg"], header["typ"]) == ("ES256", "at+jwt")
+    assert header["kid"] in {key["kid"] for key in published}
+    assert greeting.json() == {"message": "Hello, alice with ID: 1!"}
 
 
 def test_an_id_is_never_handed_out_twice_on_a_database_made_by_the_revisions(empty_database, monkeypatch):

@@ -7,7 +7,6 @@ from datetime import datetime, timedelta
 import httpx2
 import pytest
 from fastapi.testclient import TestClient
-from jose import jwt
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -27,6 +26,7 @@ from conftest import (
     start_server,
     stop_server,
     tokens_for,
+    unverified_claims,
     wait_until_blocked_or_done,
 )
 from models import LoginFailure, LoginSession
@@ -41,7 +41,7 @@ def list_sessions(client, tokens):
 
 
 def session_id_of(tokens):
-    return jwt.get_unverified_claims(tokens["access_token"])["sid"]
+    return unverified_claims(tokens["access_token"])["sid"]
 
 
 def end_session(client, tokens, session_id, password=PASSWORD):

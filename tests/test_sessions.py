@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import anyio
 import pytest
 from anyio import CapacityLimiter
-from jose import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, select, text
 from sqlalchemy.orm import Session
 
@@ -18,7 +18,18 @@ import database
 import passwords
 import sessions
 from config import settings
-from conftest import PASSWORD, bearer, claims_for, count_rows, log_in, refresh, sign_up, signed, tokens_for
+from conftest import (
+    PASSWORD,
+    bearer,
+    claims_for,
+    count_rows,
+    log_in,
+    refresh,
+    sign_up,
+    signed,
+    tokens_for,
+    unverified_claims,
+)
 from models import LoginSession, SpentRefreshToken, User
 
 NEW_PASSWORD = "a brand new passphrase"
@@ -54,10 +65,7 @@ def test_a_refresh_gives_a_new_pair_in_the_same_session(client):
     assert renewed["refresh_token"] != tokens["refresh_token"]
     assert renewed["access_token"] != tokens["access_token"]
     assert renewed["expires_in"] == 1800
-    assert (
-        jwt.get_unverified_claims(renewed["access_token"])["sid"]
-        == jwt.get_unverified_claims(tokens["access_token"])["sid"]
-    )
+    assert unverified_claims(renewed["access_token"])["sid"] == unverified_claims(tokens["access_token"])["sid"]
     assert response.headers["Cache-Control"] == "no-store"
     assert response.headers["Pragma"] == "no-cache"
     assert greet(client, renewed) == 200
@@ -124,7 +132,7 @@ def test_an_unknown_refresh_token_gets_the_answer_of_a_wrong_password_and_ends_n
 
 
 def session_id_in(tokens):
-    return jwt.get_unverified_claims(tokens["access_token"])["sid"]
+    return unverified_claims(tokens["access_token"])["sid"]
 
 
 def made_up_refresh_token(tokens):
@@ -275,13 +283,13 @@ def test_an_access_token_never_outlives_its_session(client, clock, monkeypatch):
     monkeypatch.setattr(settings, "refresh_token_expire_days", 1)
     monkeypatch.setattr(settings, "access_token_expire_minutes", 3 * 24 * 60)
     tokens = tokens_for(client)
-    ends_at = jwt.get_unverified_claims(tokens["access_token"])["exp"]
+    ends_at = unverified_claims(tokens["access_token"])["exp"]
     assert tokens["expires_in"] == 24 * 3600
 
     clock(23 * 3600)
     renewed = refresh(client, tokens["refresh_token"]).json()
 
-    claims = jwt.get_unverified_claims(renewed["access_token"])
+    claims = unverified_claims(renewed["access_token"])
     assert claims["exp"] == ends_at
     assert renewed["expires_in"] == claims["exp"] - claims["iat"]
     assert 3599 <= renewed["expires_in"] <= 3600
@@ -369,14 +377,19 @@ def test_revoking_an_expired_access_token_still_ends_its_session(client):
 
 
 @pytest.mark.parametrize(
-    ("key", "algorithm"),
-    [("another-key-" + "k" * 32, "HS256"), (None, "HS512")],
-    ids=["signed with another key", "another HMAC algorithm"],
+    ("key", "algorithm", "kid"),
+    [
+        (ec.generate_private_key(ec.SECP256R1()), "ES256", None),
+        (ec.generate_private_key(ec.SECP256R1()), "ES256", "not-our-kid"),
+        ("a secret of someone else's, 32 bytes", "HS256", None),
+    ],
+    ids=["signed with another key under our kid", "of another kid", "HMAC"],
 )
-def test_revoking_a_token_that_names_the_session_but_is_not_ours_ends_nothing(client, key, algorithm):
+def test_revoking_a_token_that_names_the_session_but_is_not_ours_ends_nothing(client, key, algorithm, kid):
     tokens = tokens_for(client)
+    header = {"kid": kid} if kid else {}
 
-    assert revoke(client, signed(claims_for(tokens["access_token"]), key, algorithm)).status_code == 200
+    assert revoke(client, signed(claims_for(tokens["access_token"]), key, algorithm, **header)).status_code == 200
 
     assert greet(client, tokens) == 200
 

@@ -11,8 +11,8 @@ from sqlalchemy import create_engine, delete
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool
 
-import auth
 import database
+import keys
 import main
 import passwords
 from config import settings
@@ -226,14 +226,15 @@ def test_the_token_of_a_deleted_account_does_not_open_a_new_account_of_the_same_
 
 
 def test_a_missing_secret_key_is_replaced_by_a_random_one_with_a_warning(caplog):
-    first, second = auth.make_random_key(), auth.make_random_key()
+    first, second = keys.make_random_key(), keys.make_random_key()
 
     assert re.fullmatch(r"[0-9a-f]{64}", first)
     assert first != second
     assert (
         caplog.messages
         == [
-            "SECRET_KEY is not set: using a random key, so tokens stop working when the app restarts; "
+            "SECRET_KEY is not set: using a random key, so the signing keys are made anew and access tokens stop "
+            "working when the app restarts (refresh tokens go on); "
             "put a key in .env with: "
             "echo \"SECRET_KEY=$(python -c 'import secrets; print(secrets.token_hex(32))')\" >> .env"
         ]
