@@ -55,7 +55,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 app: FastAPI = FastAPIOffline(
     redoc_url=None,
     title="FastAPI JWT auth demo",
-    version="1.2.0",
+    version="1.3.0",
     description=(
         "Sign up with `POST /auth/`, then press **Authorize**, log in with the same "
         "username and password, and try `GET /`."

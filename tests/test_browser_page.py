@@ -318,3 +318,35 @@ def test_a_page_on_another_site_changes_nothing(context, app_url):
     assert context.cookies() == [cookie_before]  # neither refreshed, nor cleared, nor replaced by mallory's
     expect(greeting(page)).to_have_text("Hello, alice with ID: 2!")
     assert count_rows(LoginSession) == 1  # alice's only: no login of mallory's
+
+
+def test_end_one_other_session_change_the_password_and_delete_the_account(context, app_url):
+    api_sign_up(app_url)
+    other = api_log_in(app_url)
+    page = open_page(context, app_url)
+    sign_in(page)
+    sessions = page.get_by_role("region", name="Sessions")
+    password = page.get_by_role("region", name="Password")
+
+    sessions.get_by_label("Current password").fill(PASSWORD)
+    sessions.get_by_role("button", name="End").click()
+    expect(sessions.get_by_role("button", name="End")).to_have_count(0)
+    password.get_by_label("Current password").fill("wrong password")
+    password.get_by_label("New password").fill("a brand new passphrase")
+    password.get_by_role("button", name="Change password").click()
+    expect(page.get_by_role("alert")).to_have_text("The password is not correct")
+    password.get_by_label("Current password").fill(PASSWORD)
+    password.get_by_label("New password").fill("a brand new passphrase")
+    password.get_by_role("button", name="Change password").click()
+    expect(page.get_by_role("status")).to_contain_text("Password changed")
+    password.get_by_label("Password to delete the account").fill("a brand new passphrase")
+    password.get_by_role("button", name="Delete account").click()
+    expect(page.get_by_role("alert")).to_contain_text("Tick the box")
+    password.get_by_label("Yes, delete my account").check()
+    password.get_by_role("button", name="Delete account").click()
+
+    expect(page.get_by_role("status")).to_have_text("Your account has been deleted.")
+    expect(page.get_by_role("button", name="Log in")).to_be_visible()
+    assert httpx2.get(f"{app_url}/", headers=bearer(other["access_token"])).status_code == 401
+    assert context.cookies() == []
+    assert count_rows(LoginSession) == 0
