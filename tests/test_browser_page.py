@@ -110,7 +110,8 @@ def test_errors_show_in_an_alert_in_words(context, app_url):
     sign_in(page, password="wrong password")
     expect(alert).to_have_text("Incorrect username or password")
     for _ in range(4):
-        sign_in(page, password="wrong password")
+        with page.expect_response("**/auth/browser/login"):  # one answered before the next is sent
+            sign_in(page, password="wrong password")
     sign_in(page)
     expect(alert).to_contain_text("Too many failed logins: wait")
     assert "{" not in alert.inner_text()
@@ -124,6 +125,7 @@ def test_two_tabs_reloading_at_once_take_turns_to_refresh_and_stay_signed_in_on_
     wait for the page's lock rather than send the same cookie at the same time (which would end the session)."""
     first = open_page(context, app_url)
     sign_in(first, button="Sign up")
+    expect(greeting(first)).to_be_visible()  # the cookie is set
     second = open_page(context, app_url)
     expect(greeting(second)).to_be_visible()
     held: list[Any] = []  # the round's first refresh, until it is let go (then None)
