@@ -371,10 +371,7 @@ def refresh_session(session: Session, refresh_token: str, requested: list[str]) 
     if rotated is None:
         return None
     renewed, next_refresh_token = rotated
-    still_allowed = set(ROLE_SCOPES.get(renewed.role, ()))  # the role as it is now, however it changed
-    scopes = grant(
-        requested, [name for name in session_scopes(renewed.scopes, renewed.role).split() if name in still_allowed]
-    )
+    scopes = grant(requested, session_scopes(renewed.scopes, renewed.role).split())
     return issue_tokens(renewed.user_id, renewed.username, renewed.id, renewed.ends_at, next_refresh_token, scopes)
 
 

@@ -30,5 +30,7 @@ def grant(requested: list[str], allowed: tuple[str, ...] | list[str]) -> str:
 
 
 def session_scopes(granted: str | None, role: str) -> str:
-    """A session's scopes: what its login granted, or for a session from before scopes, its user's role's."""
-    return granted or scope_text(ROLE_SCOPES[role])
+    """A session's scopes: what its login granted, or for a session from before scopes, its user's role's; either
+    way only those that the role allows now, however it changed (a database edit, a restore from backup)."""
+    allowed = ROLE_SCOPES.get(role, ())
+    return scope_text([scope for scope in (granted.split() if granted else allowed) if scope in allowed])

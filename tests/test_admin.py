@@ -717,6 +717,21 @@ def test_a_token_is_refused_once_its_users_role_or_flag_changed_by_any_means(cli
     assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
 
 
+def test_a_refresh_after_a_demotion_by_hand_gets_only_what_the_role_allows_now(client):
+    root = admin_tokens_for(client)
+    with Session(database.engine) as session:
+        session.execute(text("UPDATE users SET role = 'user' WHERE id = 1"))
+        session.commit()
+
+    asking_for_admin = client.post(
+        "/auth/token", data={"grant_type": "refresh_token", "refresh_token": root["refresh_token"], "scope": "admin"}
+    )
+    renewed = refresh(client, root["refresh_token"])  # not spent by the refusal
+
+    assert_invalid_scope(asking_for_admin)
+    assert renewed.json()["scope"] == "me account"
+
+
 def test_a_token_with_only_the_scopes_the_role_still_allows_keeps_working(client):
     root = admin_tokens_for(client)
     reader = log_in_asking(client, "me", "root").json()
