@@ -5,7 +5,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from anyio import CapacityLimiter, to_thread
-from sqlalchemy import URL, Engine, create_engine, event, make_url
+from sqlalchemy import URL, Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -87,6 +87,16 @@ async def in_session(work: Callable[[Session], T], limiter: CapacityLimiter | No
             return work(session)
 
     return await to_thread.run_sync(run, limiter=limiter)
+
+
+def took_sqlite_write_lock(session: Session) -> bool:
+    """On SQLite, take the database's one write lock now, as the session's first statement (BEGIN IMMEDIATE), so that
+    what the session reads next is still what is there when it commits. False elsewhere: PostgreSQL locks rows, or
+    an advisory lock, instead."""
+    if session.get_bind().dialect.name != "sqlite":
+        return False
+    session.execute(text("BEGIN IMMEDIATE"))
+    return True
 
 
 UNAVAILABLE_SQLSTATES = ("08", "53300", "57P01", "57P02", "57P03")

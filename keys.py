@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 import database
@@ -43,7 +43,7 @@ NEXT, CURRENT, PREVIOUS = "next", "current", "previous"
 # A token with a kid this process does not know makes it read the keys again, but not more often than this: a flood
 # of made-up kids costs one read every few seconds, not one per request.
 UNKNOWN_KID_RELOAD_SECONDS = 5
-# PostgreSQL's advisory lock for a change of the key set (SQLite: BEGIN IMMEDIATE, its one write lock).
+# PostgreSQL's advisory lock for a change of the key set (SQLite: its one write lock).
 KEYS_LOCK = 6_020_241_207
 
 
@@ -106,9 +106,7 @@ def private_key_of(key: SigningKey) -> Any | None:
 
 def lock_keys(session: Session) -> None:
     """One change of the key set at a time, across every process and host."""
-    if session.get_bind().dialect.name == "sqlite":
-        session.execute(text("BEGIN IMMEDIATE"))
-    else:
+    if not database.took_sqlite_write_lock(session):
         session.execute(select(func.pg_advisory_xact_lock(KEYS_LOCK)))
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select, text, update
+from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 import sessions
@@ -26,7 +26,7 @@ from auth import (
     in_login_session,
     invalid_token,
 )
-from database import in_session
+from database import in_session, took_sqlite_write_lock
 from models import LoginSession, User
 from passwords import HAS_USERNAME, NewPassword, StoredPassword, contains_username, hash_password
 from roles import ADMIN
@@ -146,11 +146,9 @@ def lock_accounts(session: Session, *user_ids: int) -> None:
 
     Such changes then go one at a time, so two administrators demoting or deleting each other or themselves at once
     cannot leave none; and a login of a changed user, which locks its row to start a session, waits for the change,
-    then sees it. SQLite has no row locks: there BEGIN IMMEDIATE takes the database's one write lock, so that what the
-    change reads next is what is there when it commits.
+    then sees it. SQLite has no row locks: there the change takes the database's one write lock instead.
     """
-    if session.get_bind().dialect.name == "sqlite":
-        session.execute(text("BEGIN IMMEDIATE"))
+    if took_sqlite_write_lock(session):
         return
     locked = or_(User.id.in_(user_ids), and_(*ENABLED_ADMINISTRATOR))
     session.execute(select(User.id).where(locked).order_by(User.id).with_for_update())
