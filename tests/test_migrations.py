@@ -3,6 +3,7 @@
 Databases of earlier releases are made by running the release itself, from the project's own git history.
 """
 
+import contextlib
 import io
 import json
 import os
@@ -388,11 +389,17 @@ def waiting_for_the_lock(server, url):
             return connection.scalar(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"))
     path = Path(str(make_url(url).database)).resolve()
     children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
-    return sum(
-        any(Path(f"/proc/{pid}/fd", fd).resolve() == path for fd in os.listdir(f"/proc/{pid}/fd"))
-        for pid in children
-        if Path(f"/proc/{pid}").exists()
-    )
+    return sum(path in open_files(pid) for pid in children)
+
+
+def open_files(pid):
+    """The files a process has open now. One that it closes while they are read, or its own end, is no error."""
+    files = set()
+    with contextlib.suppress(FileNotFoundError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(FileNotFoundError):
+                files.add(Path(os.readlink(f"/proc/{pid}/fd/{fd}")))
+    return files
 
 
 def stop(server):
