@@ -96,7 +96,8 @@ def main() -> None:
     make.add_argument("--password-stdin", action="store_true", help="read a new user's password from standard input")
     commands.add_parser("keys", help="list the signing keys: kid, algorithm, state and since when")
     commands.add_parser("rotate-keys", help="next becomes current, current previous; a new next; the old previous goes")
-    revoke = commands.add_parser("revoke-key", help="drop a leaked key at once (a current one is replaced by next)")
+    # A kid is base64url, so one in 64 starts with "-": this command takes no option, so nothing here is one.
+    revoke = commands.add_parser("revoke-key", prefix_chars="+", add_help=False, help="drop a leaked key at once")
     revoke.add_argument("kid")
     arguments = parser.parse_args()
     try:

@@ -397,6 +397,27 @@ def test_manage_py_lists_rotates_and_revokes_keys_in_one_line_each(client):
     assert without_secret.stderr.startswith("SECRET_KEY is not set")
 
 
+def test_manage_py_revokes_a_key_whose_kid_starts_with_a_dash(client):
+    """A kid is base64url: one in 64 starts with "-", which a command line would otherwise take for an option."""
+    dashed = next(key for key in iter(lambda: keys.new_key(keys.PREVIOUS, time.time()), None) if key.kid[0] == "-")
+    kid = dashed.kid
+    with Session(database.engine) as session:
+        session.add(dashed)
+        session.commit()
+
+    revoked = manage("revoke-key", kid)
+
+    assert (revoked.returncode, revoked.stderr) == (0, "")
+    assert revoked.stdout.startswith(f"Revoked {kid} (it was previous): ")
+    assert kid not in states()
+    after_dashes = manage("revoke-key", "--", kid)  # the usual way to say "not an option" still works
+    assert (after_dashes.returncode, after_dashes.stderr) == (
+        1,
+        f"No signing key has the kid {kid!r}: python manage.py keys lists them\n",
+    )
+    assert manage("revoke-key").returncode == 2
+
+
 def statuses(base_url, token, count=12):
     return {httpx2.get(f"{base_url}/", headers=bearer(token)).status_code for _ in range(count)}
 
