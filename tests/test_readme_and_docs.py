@@ -2,6 +2,7 @@
 the commands they give work from the project folder."""
 
 import ast
+import json
 import re
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import sys
 import httpx2
 import pytest
 
-from conftest import PROJECT, child_env, free_port, serve, stop_server
+from conftest import PROJECT, child_env, free_port, log_in, serve, sign_up, stop_server
 
 PAGES = [PROJECT / "README.md", *sorted((PROJECT / "docs").glob("*.md"))]
 APP_MODULES = sorted(path.stem for path in PROJECT.glob("*.py") if not path.name.startswith("test_"))
@@ -82,6 +83,34 @@ def test_the_sessions_page_draws_the_login_a_refresh_and_a_password_change():
         "A refresh, with rotation and reuse detection",
         "A password change ends the other sessions",
     ]
+
+
+EXAMPLE_TOKEN_ANSWER = re.compile(r"^# (\{\"access_token\".*\})$", re.MULTILINE)
+REFRESH_TOKEN = re.compile(r"[\w-]{22}\.[\w-]{43}")  # a session id, a dot, a secret
+
+
+def test_every_example_of_a_token_answer_looks_like_a_real_one_and_the_readmes_is_one(client):
+    """The same fields, an access token that begins alike (ES256, a kid), a refresh token of the same shape; and
+    the README's other values are those of a login that asks for no scope."""
+    sign_up(client)
+    answer = log_in(client).json()
+    shown_in = set()
+
+    for page in PAGES:
+        for shown in map(json.loads, EXAMPLE_TOKEN_ANSWER.findall(page.read_text())):
+            shown_in.add(page.name)
+            assert shown.keys() == answer.keys(), shown
+            assert answer["access_token"].startswith(shown["access_token"].removesuffix("...")), shown
+            assert REFRESH_TOKEN.fullmatch(shown["refresh_token"]), shown
+            if page.name == "README.md":
+                assert (shown["token_type"], shown["expires_in"], shown["scope"]) == (
+                    answer["token_type"],
+                    answer["expires_in"],
+                    answer["scope"],
+                )
+
+    assert REFRESH_TOKEN.fullmatch(answer["refresh_token"])
+    assert shown_in == {"README.md", "sessions.md", "administrators.md"}
 
 
 def run_in_project(*command, **env):
