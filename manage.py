@@ -97,7 +97,12 @@ def main() -> None:
     commands.add_parser("keys", help="list the signing keys: kid, algorithm, state and since when")
     commands.add_parser("rotate-keys", help="next becomes current, current previous; a new next; the old previous goes")
     # A kid is base64url, so one in 64 starts with "-": this command takes no option, so nothing here is one.
-    revoke = commands.add_parser("revoke-key", prefix_chars="+", add_help=False, help="drop a leaked key at once")
+    revoke = commands.add_parser(
+        "revoke-key",
+        prefix_chars="+",
+        add_help=False,
+        help="drop a leaked key at once (a current one is replaced by next)",
+    )
     revoke.add_argument("kid")
     arguments = parser.parse_args()
     try:
