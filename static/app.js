@@ -10,6 +10,7 @@ let usersPage = { after: 0, nextAfter: null };
 
 const $ = (id) => document.getElementById(id);
 const JSON_HEADERS = { "Content-Type": "application/json" };
+const postJson = (path, body) => fetch(path, { method: "POST", headers: JSON_HEADERS, body: JSON.stringify(body) });
 
 class SignedOut extends Error {}
 
@@ -166,12 +167,10 @@ $("sign-in").addEventListener("submit", (event) => guard(async () => {
   const { username, password } = Object.fromEntries(new FormData(event.target));
   say("");
   if (event.submitter.value === "sign-up") {
-    const signedUp = await fetch("/auth/", { method: "POST", headers: JSON_HEADERS, body: JSON.stringify({ username, password }) });
+    const signedUp = await postJson("/auth/", { username, password });
     if (!signedUp.ok) return say(await explain(signedUp));
   }
-  const response = await fetch("/auth/browser/login", {
-    method: "POST", headers: JSON_HEADERS, body: JSON.stringify({ username, password }),
-  });
+  const response = await postJson("/auth/browser/login", { username, password });
   if (!response.ok) return say(await explain(response));
   event.target.reset();
   remember(await response.json());
